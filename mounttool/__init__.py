@@ -1,0 +1,1 @@
+"""mounttool: container images → content-addressed store → unionfs-mounted root filesystems."""
