@@ -8,6 +8,7 @@ caller believe unverified data is good: ``verify()`` raises ``DigestMismatchErro
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -106,7 +107,8 @@ class VerifyingReader:
         return got
 
 
-def digest_file(path: str | bytes, algorithm: str = "sha256") -> tuple[Digest, int]:
+def digest_file(path: str | bytes | os.PathLike[str],
+                algorithm: str = "sha256") -> tuple[Digest, int]:
     """Digest and size of a file's content."""
     h = hashlib.new(algorithm)
     size = 0
