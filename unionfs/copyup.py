@@ -1,0 +1,177 @@
+"""Copy-up: making the upper layer hold a lower file before it changes, atomically.
+
+A copy is built under a temporary name in the work directory (same filesystem as the upper
+layer): data (holes kept), owner, mode, xattrs (not the overlay-private ones) and times, then
+fsync'ed if the mount asks for it, then renamed into place.  A crash at any instant leaves either
+no upper copy or a complete one.  The work directory also hosts the temporaries of other atomic
+operations (whiteouts, directories made over whiteouts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import shutil
+import stat
+
+from unionfs.layers import Layer, at
+from unionfs.whiteout import WhiteoutFormat, proc_path
+
+_CHUNK = 1 << 20
+
+
+class WorkDir:
+    """``<workdir>/work``: the scratch directory for atomic builds, emptied at every mount."""
+
+    def __init__(self, workdir: bytes) -> None:
+        base = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(b"work", 0o700, dir_fd=base)
+            self.fd = os.open(b"work", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base)
+        finally:
+            os.close(base)
+        self.path = os.path.join(workdir, b"work")
+        self._names = itertools.count(1)
+        self.recover()
+
+    def recover(self) -> int:
+        """Remove what an interrupted mount left behind; returns how many entries went."""
+        removed = 0
+        for name in os.listdir(self.fd):
+            entry = os.fsencode(name)
+            st = os.stat(entry, dir_fd=self.fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(os.path.join(self.path, entry))
+            else:
+                os.unlink(entry, dir_fd=self.fd)
+            removed += 1
+        return removed
+
+    def temp_name(self) -> bytes:
+        return b"#%x.%d" % (next(self._names), os.getpid())
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def copy_xattrs(src: bytes, dst: bytes, fmt: WhiteoutFormat) -> None:
+    """Copy every xattr but the overlay-private ones from path ``src`` to path ``dst``."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            return
+        raise
+    for name in names:
+        raw = os.fsencode(name)
+        if fmt.is_private_xattr(raw):
+            continue
+        try:
+            value = os.getxattr(src, raw, follow_symlinks=False)
+            os.setxattr(dst, raw, value, follow_symlinks=False)
+        except OSError as exc:
+            # Like the kernel and fuse-overlayfs: an xattr the upper cannot hold is skipped.
+            if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EOVERFLOW, errno.ENODATA):
+                raise
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy ``size`` bytes, leaving holes where the source has them."""
+    offset = 0
+    while offset < size:
+        try:
+            data_start = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole remains
+                break
+            raise
+        hole = os.lseek(src_fd, data_start, os.SEEK_HOLE)
+        pos = data_start
+        end = min(hole, size)
+        while pos < end:
+            n = os.copy_file_range(src_fd, dst_fd, min(end - pos, 1 << 30), pos, pos)
+            if n == 0:
+                break
+            pos += n
+        offset = max(end, pos)
+    os.ftruncate(dst_fd, size)
+
+
+class Copier:
+    """Builds copies of lower entries in the work dir and renames them into the upper layer."""
+
+    def __init__(self, upper: Layer, work: WorkDir, fmt: WhiteoutFormat, fsync: bool) -> None:
+        self.upper = upper
+        self.work = work
+        self.fmt = fmt
+        self.fsync = fsync
+
+    def copy(self, src: Layer, rel: bytes, with_data: bool = True) -> os.stat_result:
+        """Copy ``rel`` from layer ``src`` into the upper layer; returns the new upper lstat.
+
+        The parent directory must already exist in the upper layer.
+        """
+        st = os.stat(at(rel), dir_fd=src.fd, follow_symlinks=False)
+        tmp = self.work.temp_name()
+        try:
+            self.build(src, rel, st, tmp, with_data)
+            os.rename(tmp, rel, src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        return os.stat(rel, dir_fd=self.upper.fd, follow_symlinks=False)
+
+    def build(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
+              with_data: bool) -> None:
+        """Create ``tmp`` in the work dir as a copy of ``rel`` (metadata, and data if asked)."""
+        mode = stat.S_IFMT(st.st_mode)
+        wfd = self.work.fd
+        if mode == stat.S_IFREG:
+            self._build_file(src, rel, st, tmp, with_data)
+        elif mode == stat.S_IFDIR:
+            os.mkdir(tmp, 0o700, dir_fd=wfd)
+        elif mode == stat.S_IFLNK:
+            os.symlink(src.readlink(rel), tmp, dir_fd=wfd)
+        else:
+            os.mknod(tmp, st.st_mode, st.st_rdev, dir_fd=wfd)
+        self.finish(tmp, st, source=proc_path(src.fd, rel))
+
+    def _build_file(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
+                    with_data: bool) -> None:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                      dir_fd=self.work.fd)
+        try:
+            if with_data and st.st_size:
+                inp = src.open(rel, os.O_RDONLY)
+                try:
+                    copy_data(inp, out, st.st_size)
+                finally:
+                    os.close(inp)
+            if self.fsync:
+                os.fsync(out)
+        finally:
+            os.close(out)
+
+    def finish(self, tmp: bytes, st: os.stat_result, source: bytes | None) -> None:
+        """Owner, mode, xattrs and times of ``tmp`` from ``st`` (and ``source``'s xattrs)."""
+        wfd = self.work.fd
+        os.chown(tmp, st.st_uid, st.st_gid, dir_fd=wfd, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(tmp, stat.S_IMODE(st.st_mode), dir_fd=wfd)
+        if source is not None:
+            copy_xattrs(source, proc_path(wfd, tmp), self.fmt)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=wfd, follow_symlinks=False)
+
+    def discard(self, tmp: bytes) -> None:
+        """Remove a temporary that did not make it into the upper layer."""
+        try:
+            st = os.stat(tmp, dir_fd=self.work.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(os.path.join(self.work.path, tmp), ignore_errors=True)
+        else:
+            os.unlink(tmp, dir_fd=self.work.fd)

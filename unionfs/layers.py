@@ -1,0 +1,115 @@
+"""One layer directory of the union: every syscall on it is relative to its root fd.
+
+A :class:`Layer` is opened once, before the mount exists, and from then on reached only through
+its directory file descriptor (``*at`` calls, ``/proc/self/fd`` for xattrs).  Paths inside a layer
+are ``bytes`` relative to its root (``b""`` is the root itself) and never start with ``/``; the
+final component is never followed when it is a symlink.  Lower layers are only ever read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from unionfs.whiteout import proc_path
+
+_MISSING = (errno.ENOENT, errno.ENOTDIR)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """The layer-relative path of ``name`` inside ``parent`` (``b""`` is the root)."""
+    return name if not parent else parent + b"/" + name
+
+
+def split(rel: bytes) -> tuple[bytes, bytes]:
+    """``join``'s inverse: (parent, name)."""
+    parent, _, name = rel.rpartition(b"/")
+    return parent, name
+
+
+def at(rel: bytes) -> bytes:
+    """The argument an ``*at`` syscall takes for ``rel`` (the root is ``.``)."""
+    return rel or b"."
+
+
+class Layer:
+    """A read-only lower directory or the writable upper directory, reached through an fd."""
+
+    __slots__ = ("dev", "fd", "index", "root", "writable")
+
+    def __init__(self, index: int, root: bytes, writable: bool) -> None:
+        self.index = index
+        self.root = root
+        self.writable = writable
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.dev = os.fstat(self.fd).st_dev
+
+    def __repr__(self) -> str:
+        kind = "upper" if self.writable else "lower"
+        return f"Layer({self.index}, {self.root!r}, {kind})"
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def lstat(self, rel: bytes) -> os.stat_result | None:
+        """lstat of ``rel``, or None when it does not exist in this layer."""
+        try:
+            return os.stat(at(rel), dir_fd=self.fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _MISSING:
+                return None
+            raise
+
+    def stat_dir(self, rel: bytes) -> os.stat_result | None:
+        """lstat of ``rel`` if it is a directory here, else None."""
+        st = self.lstat(rel)
+        return st if st is not None and stat.S_ISDIR(st.st_mode) else None
+
+    def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
+        return os.open(at(rel), flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+
+    def open_dir(self, rel: bytes) -> int:
+        return os.open(at(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=self.fd)
+
+    def scandir(self, rel: bytes) -> Iterator[os.DirEntry[bytes]]:
+        """The entries of directory ``rel`` (names as bytes; ``d_type`` cached by the kernel)."""
+        with os.scandir(proc_path(self.fd, rel)) as it:
+            yield from it
+
+    def readlink(self, rel: bytes) -> bytes:
+        return os.readlink(at(rel), dir_fd=self.fd)
+
+    def getxattr(self, rel: bytes, name: bytes) -> bytes:
+        return os.getxattr(proc_path(self.fd, rel), name, follow_symlinks=False)
+
+    def listxattr(self, rel: bytes) -> list[bytes]:
+        names = os.listxattr(proc_path(self.fd, rel), follow_symlinks=False)
+        return [os.fsencode(n) for n in names]
+
+    # -- writing (upper and work directories only) ----------------------------------------
+
+    def setxattr(self, rel: bytes, name: bytes, value: bytes, flags: int = 0) -> None:
+        os.setxattr(proc_path(self.fd, rel), name, value, flags, follow_symlinks=False)
+
+    def removexattr(self, rel: bytes, name: bytes) -> None:
+        os.removexattr(proc_path(self.fd, rel), name, follow_symlinks=False)
+
+    def unlink(self, rel: bytes) -> None:
+        os.unlink(rel, dir_fd=self.fd)
+
+    def rmdir(self, rel: bytes) -> None:
+        os.rmdir(rel, dir_fd=self.fd)
+
+    def chown(self, rel: bytes, uid: int, gid: int) -> None:
+        os.chown(at(rel), uid, gid, dir_fd=self.fd, follow_symlinks=False)
+
+    def chmod(self, rel: bytes, mode: int) -> None:
+        os.chmod(at(rel), mode, dir_fd=self.fd)
+
+    def utime_ns(self, rel: bytes, ns: tuple[int, int]) -> None:
+        os.utime(at(rel), ns=ns, dir_fd=self.fd, follow_symlinks=False)

@@ -1,0 +1,376 @@
+"""Operations that add, remove or move names: create, mkdir, mknod, symlink, link, unlink,
+rmdir, rename.
+
+Each follows kernel overlayfs: the parent is copied up first; a new entry is built in the work
+dir with the caller's ownership and renamed into place (over a whiteout if one is there, and a
+directory made over a whiteout is opaque); a removal leaves a whiteout only where a lower layer
+still shows the name; directories that draw from a lower layer cannot be renamed (EXDEV, the
+kernel default without ``redirect_dir``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Callable
+
+from unionfs import whiteout
+from unionfs.layers import join
+from unionfs.merge import Resolved
+from unionfs.nodes import Node
+from unionfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from unionfs.tree import Caller, Tree, key_of, oserror
+
+Builder = Callable[[bytes], None]
+"""Makes the new entry under a temporary name in the work dir."""
+
+
+class Namespace:
+    """Entry-changing operations on a :class:`Tree`."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+
+    # -- creation -----------------------------------------------------------------------------
+
+    def _owner(self, parent: Node, caller: Caller, mode: int, is_dir: bool) -> tuple[int, int, int]:
+        """(uid, gid, mode) of a new entry, with set-group-ID directory inheritance."""
+        uid, gid = caller.uid, caller.gid
+        mode &= ~caller.umask & 0o7777
+        sgid = self.tree.sgid_parent(parent)
+        if sgid is not None:
+            gid = sgid.st_gid
+            if is_dir:
+                mode |= stat.S_ISGID
+        return uid, gid, mode
+
+    def _create(self, parent: Node, name: bytes, caller: Caller, mode: int,
+                build: Builder, is_dir: bool = False) -> tuple[Node, bytes]:
+        """Build a new entry in the work dir and move it to ``name``; returns (node, tmp)."""
+        tree = self.tree
+        copier = tree.require_writable()
+        if tree.fmt.dot_wh and name.startswith(whiteout.WHITEOUT_PREFIX):
+            raise oserror(errno.EINVAL, name)
+        prel = tree.upper_dir(parent)
+        rel = join(prel, name)
+        work, upper = copier.work, tree.upper
+        uid, gid, mode = self._owner(parent, caller, mode, is_dir)
+        tmp = work.temp_name()
+        build(tmp)
+        try:
+            os.chown(tmp, uid, gid, dir_fd=work.fd, follow_symlinks=False)
+            if not stat.S_ISLNK(os.stat(tmp, dir_fd=work.fd, follow_symlinks=False).st_mode):
+                os.chmod(tmp, mode, dir_fd=work.fd)
+            over_whiteout = self._has_whiteout(prel, name)
+            if over_whiteout and is_dir:
+                whiteout.set_opaque(work.fd, tmp, tree.fmt)
+            self._place(tmp, rel, prel, name, over_whiteout, is_dir)
+        except BaseException:
+            copier.discard(tmp)
+            raise
+        st = upper.lstat(rel)
+        assert st is not None
+        node = tree.table.new_node(key_of(st), parent, name, 0, (0,) if is_dir else (), is_dir)
+        return node, tmp
+
+    def _has_whiteout(self, prel: bytes, name: bytes) -> bool:
+        upper = self.tree.upper
+        st = upper.lstat(join(prel, name))
+        if st is not None:
+            if whiteout.is_whiteout_stat(st):
+                return True
+            raise oserror(errno.EEXIST, name)
+        return self.tree.fmt.dot_wh and whiteout.has_whiteout_marker(upper.fd, prel, name)
+
+    def _place(self, tmp: bytes, rel: bytes, prel: bytes, name: bytes, over_whiteout: bool,
+               is_dir: bool) -> None:
+        """Rename the finished temporary to ``rel``, replacing a whiteout atomically."""
+        tree = self.tree
+        wfd, ufd = tree.require_writable().work.fd, tree.upper.fd
+        if over_whiteout and tree.fmt.dot_wh:
+            renameat2(wfd, tmp, ufd, rel, RENAME_NOREPLACE)
+            os.unlink(join(prel, whiteout.whiteout_file_name(name)), dir_fd=ufd)
+        elif over_whiteout and is_dir:
+            renameat2(wfd, tmp, ufd, rel, RENAME_EXCHANGE)
+            os.unlink(tmp, dir_fd=wfd)
+        elif over_whiteout:
+            os.rename(tmp, rel, src_dir_fd=wfd, dst_dir_fd=ufd)
+        else:
+            renameat2(wfd, tmp, ufd, rel, RENAME_NOREPLACE)
+
+    def create(self, parent: Node, name: bytes, mode: int, flags: int,
+               caller: Caller) -> tuple[Node, int]:
+        """Create and open a regular file; returns (node, fd open read-write)."""
+        fds: list[int] = []
+        wfd = self.tree.require_writable().work.fd
+
+        def build(tmp: bytes) -> None:
+            fds.append(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                               dir_fd=wfd))
+
+        try:
+            node, _ = self._create(parent, name, caller, mode, build)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        fd = fds[0]
+        if flags & os.O_APPEND:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        return node, fd
+
+    def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller) -> Node:
+        wfd = self.tree.require_writable().work.fd
+        node, _ = self._create(parent, name, caller, mode,
+                               lambda tmp: os.mkdir(tmp, 0o700, dir_fd=wfd), is_dir=True)
+        return node
+
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller) -> Node:
+        if stat.S_ISCHR(mode) and rdev == 0:
+            raise oserror(errno.EPERM, name)  # that would be a whiteout (the kernel refuses too)
+        wfd = self.tree.require_writable().work.fd
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        node, _ = self._create(parent, name, caller, mode,
+                               lambda tmp: os.mknod(tmp, kind | 0o600, rdev, dir_fd=wfd))
+        return node
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller) -> Node:
+        wfd = self.tree.require_writable().work.fd
+        node, _ = self._create(parent, name, caller, 0o777,
+                               lambda tmp: os.symlink(target, tmp, dir_fd=wfd))
+        return node
+
+    def link(self, node: Node, parent: Node, name: bytes) -> Node:
+        tree = self.tree
+        copier = tree.require_writable()
+        if node.is_dir:
+            raise oserror(errno.EPERM)
+        tree.copy_up(node)
+        prel = tree.upper_dir(parent)
+        rel = join(prel, name)
+        src = node.path() if node.fd is None else b"/proc/self/fd/%d" % node.fd
+        over_whiteout = self._has_whiteout(prel, name)
+        work, ufd = copier.work, tree.upper.fd
+        if over_whiteout:
+            tmp = work.temp_name()
+            self._link_into(src, node, work.fd, tmp)
+            self._place(tmp, rel, prel, name, True, False)
+        else:
+            self._link_into(src, node, ufd, rel)
+        if node.nlink is not None:
+            node.nlink += 1
+        if node.parent is None:
+            node.parent, node.name = parent, name
+            node.fd = None if node.fd is None else self._drop_fd(node)
+        else:
+            node.add_alias(parent, name)
+        return node
+
+    def _link_into(self, src: bytes, node: Node, dst_fd: int, dst: bytes) -> None:
+        if node.fd is not None:
+            os.link(src, dst, dst_dir_fd=dst_fd, follow_symlinks=True)
+        else:
+            os.link(src, dst, src_dir_fd=self.tree.upper.fd, dst_dir_fd=dst_fd,
+                    follow_symlinks=False)
+
+    @staticmethod
+    def _drop_fd(node: Node) -> None:
+        if node.fd is not None and node.opens == 0:
+            os.close(node.fd)
+
+    # -- removal ------------------------------------------------------------------------------
+
+    def _existing(self, parent: Node, name: bytes) -> tuple[Resolved, Node]:
+        found = self.tree.resolve(parent, name)
+        if found is None:
+            raise oserror(errno.ENOENT, name)
+        return found, self.tree.node_for(parent, name, found)
+
+    def unlink(self, parent: Node, name: bytes) -> Node:
+        tree = self.tree
+        tree.require_writable()
+        found, node = self._existing(parent, name)
+        if found.is_dir:
+            raise oserror(errno.EISDIR, name)
+        self._remove(parent, name, found, node)
+        if node.nlink is not None:
+            node.nlink -= 1
+        return node
+
+    def rmdir(self, parent: Node, name: bytes) -> Node:
+        tree = self.tree
+        tree.require_writable()
+        found, node = self._existing(parent, name)
+        if not found.is_dir:
+            raise oserror(errno.ENOTDIR, name)
+        rel = join(parent.path(), name)
+        if not tree.stack.is_empty_dir(found.dir_layers, rel):
+            raise oserror(errno.ENOTEMPTY, name)
+        self._remove(parent, name, found, node)
+        return node
+
+    def _remove(self, parent: Node, name: bytes, found: Resolved, node: Node) -> None:
+        """Remove the visible entry ``name``: upper entry gone, whiteout where lowers show."""
+        tree = self.tree
+        prel = tree.upper_dir(parent)
+        rel = join(prel, name)
+        needs_whiteout = tree.stack.lower_positive(parent.dir_layers, prel, name)
+        if node.opens and node.fd is None and not node.is_dir:
+            node.fd = tree.layers[found.layer].open(rel, os.O_PATH)
+        if tree.stack.is_upper(found.layer):
+            self._keep_other_links(node, parent, name)
+            if found.is_dir:
+                self._clear_whiteouts(rel)
+            self._remove_upper(prel, name, found.is_dir, needs_whiteout)
+            if found.st.st_nlink <= 1 or found.is_dir:
+                tree.table.drop_key(node, key_of(found.st))
+        else:
+            self._whiteout_at(prel, name)
+        node.drop_link(parent, name)
+
+    def _whiteout_at(self, prel: bytes, name: bytes) -> None:
+        fd = self.tree.upper.open_dir(prel)
+        try:
+            whiteout.make_whiteout(fd, name, self.tree.fmt)
+        finally:
+            os.close(fd)
+
+    def _unwhiteout_at(self, prel: bytes, name: bytes) -> None:
+        fd = self.tree.upper.open_dir(prel)
+        try:
+            whiteout.remove_whiteout(fd, name, self.tree.fmt)
+        finally:
+            os.close(fd)
+
+    def _remove_upper(self, prel: bytes, name: bytes, is_dir: bool, needs_whiteout: bool) -> None:
+        tree = self.tree
+        rel = join(prel, name)
+        ufd = tree.upper.fd
+        if not needs_whiteout:
+            (os.rmdir if is_dir else os.unlink)(rel, dir_fd=ufd)
+            return
+        if tree.fmt.dot_wh:
+            (os.rmdir if is_dir else os.unlink)(rel, dir_fd=ufd)
+            self._whiteout_at(prel, name)
+            return
+        work = tree.require_writable().work
+        tmp = work.temp_name()
+        whiteout.make_whiteout(work.fd, tmp, tree.fmt)
+        if is_dir:
+            renameat2(work.fd, tmp, ufd, rel, RENAME_EXCHANGE)
+            os.rmdir(tmp, dir_fd=work.fd)
+        else:
+            os.rename(tmp, rel, src_dir_fd=work.fd, dst_dir_fd=ufd)
+
+    def _clear_whiteouts(self, rel: bytes) -> None:
+        """Empty an upper directory whose merged view is empty (only markers are left)."""
+        upper = self.tree.upper
+        for entry in list(upper.scandir(rel)):
+            os.unlink(join(rel, entry.name), dir_fd=upper.fd)
+
+    def _keep_other_links(self, node: Node, parent: Node, name: bytes) -> None:
+        """Before an upper hardlink goes, give a remaining lower-only alias the upper data."""
+        if node.is_dir or not node.aliases or not (node.parent is parent and node.name == name):
+            return
+        alias_parent, alias_name = node.aliases[-1]
+        tree = self.tree
+        aprel = tree.upper_dir(alias_parent)
+        arel = join(aprel, alias_name)
+        existing = tree.upper.lstat(arel)
+        if existing is not None and not whiteout.is_whiteout_stat(existing):
+            return
+        if existing is not None:
+            os.unlink(arel, dir_fd=tree.upper.fd)
+        os.link(node.path(), arel, src_dir_fd=tree.upper.fd, dst_dir_fd=tree.upper.fd,
+                follow_symlinks=False)
+
+    # -- rename -------------------------------------------------------------------------------
+
+    def rename(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes,
+               flags: int) -> None:
+        tree = self.tree
+        tree.require_writable()
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise oserror(errno.EINVAL)
+        src, src_node = self._existing(old_parent, old_name)
+        dst = tree.resolve(new_parent, new_name)
+        if flags & RENAME_EXCHANGE:
+            raise oserror(errno.EINVAL)  # not supported yet
+        if src.is_dir and not (tree.stack.is_upper(src.layer) and len(src.dir_layers) == 1):
+            raise oserror(errno.EXDEV, old_name)
+        dst_node: Node | None = None
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise oserror(errno.EEXIST, new_name)
+            if key_of(dst.st) == key_of(src.st):
+                return
+            if src.is_dir and not dst.is_dir:
+                raise oserror(errno.ENOTDIR, new_name)
+            if not src.is_dir and dst.is_dir:
+                raise oserror(errno.EISDIR, new_name)
+            if dst.is_dir and not tree.stack.is_empty_dir(
+                    dst.dir_layers, join(new_parent.path(), new_name)):
+                raise oserror(errno.ENOTEMPTY, new_name)
+            dst_node = tree.node_for(new_parent, new_name, dst)
+        tree.copy_up(src_node)
+        oprel = tree.upper_dir(old_parent)
+        nprel = tree.upper_dir(new_parent)
+        self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent, new_parent)
+        src_node.move_link(old_parent, old_name, new_parent, new_name)
+
+    def _move(self, src: Resolved, dst: Resolved | None, dst_node: Node | None, oprel: bytes,
+              old_name: bytes, nprel: bytes, new_name: bytes, old_parent: Node,
+              new_parent: Node) -> None:
+        tree = self.tree
+        ufd = tree.upper.fd
+        old, new = join(oprel, old_name), join(nprel, new_name)
+        needs_whiteout = tree.stack.lower_positive(old_parent.dir_layers, oprel, old_name)
+        dst_is_whiteout = dst is None and self._has_whiteout(nprel, new_name)
+        if dst is not None and dst_node is not None:
+            if dst_node.opens and dst_node.fd is None and not dst.is_dir:
+                dst_node.fd = tree.layers[dst.layer].open(
+                    join(new_parent.path(), new_name), os.O_PATH)
+            if dst.is_dir and tree.stack.is_upper(dst.layer):
+                self._clear_whiteouts(new)
+        if src.is_dir and len(new_parent.dir_layers) > 1 and not whiteout.is_opaque(
+                ufd, old, tree.fmt):
+            whiteout.set_opaque(ufd, old, tree.fmt)
+        if tree.fmt.dot_wh:
+            self._move_dot_wh(old, new, oprel, old_name, nprel, new_name, needs_whiteout,
+                              dst_is_whiteout)
+        elif needs_whiteout and dst_is_whiteout:
+            renameat2(ufd, old, ufd, new, RENAME_EXCHANGE)
+        elif needs_whiteout:
+            self._rename_whiteout(old, new, oprel, old_name)
+        elif src.is_dir and dst_is_whiteout:
+            renameat2(ufd, old, ufd, new, RENAME_EXCHANGE)
+            os.unlink(old, dir_fd=ufd)
+        else:
+            os.rename(old, new, src_dir_fd=ufd, dst_dir_fd=ufd)
+        if dst is not None and dst_node is not None:
+            if tree.stack.is_upper(dst.layer) and (dst.is_dir or dst.st.st_nlink <= 1):
+                tree.table.drop_key(dst_node, key_of(dst.st))
+            dst_node.drop_link(new_parent, new_name)
+            if dst_node.nlink is not None:
+                dst_node.nlink -= 1
+
+    def _rename_whiteout(self, old: bytes, new: bytes, oprel: bytes, old_name: bytes) -> None:
+        ufd = self.tree.upper.fd
+        try:
+            renameat2(ufd, old, ufd, new, RENAME_WHITEOUT)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            os.rename(old, new, src_dir_fd=ufd, dst_dir_fd=ufd)
+            self._whiteout_at(oprel, old_name)
+
+    def _move_dot_wh(self, old: bytes, new: bytes, oprel: bytes, old_name: bytes, nprel: bytes,
+                     new_name: bytes, needs_whiteout: bool, dst_is_whiteout: bool) -> None:
+        ufd = self.tree.upper.fd
+        os.rename(old, new, src_dir_fd=ufd, dst_dir_fd=ufd)
+        if dst_is_whiteout:
+            self._unwhiteout_at(nprel, new_name)
+        if needs_whiteout:
+            self._whiteout_at(oprel, old_name)

@@ -1,0 +1,258 @@
+"""The pyfuse3 adapter: FUSE requests in, UnionFS calls out, errors as errnos.
+
+Thin glue by design: every handler converts arguments, calls the domain API in ``core`` and turns
+``OSError`` into ``FUSEError``.  Any other exception is a bug: it is logged with its traceback
+and answered with EIO, so one bad request never takes the mount down.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pyfuse3
+
+from unionfs.attrs import entry_attributes, negative_entry
+from unionfs.core import UnionFS
+from unionfs.files import AttrChange
+from unionfs.nodes import Node
+from unionfs.tree import Caller
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def fuse_errors(op: str) -> Iterator[None]:
+    try:
+        yield
+    except pyfuse3.FUSEError:
+        raise
+    except OSError as exc:
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+    except Exception:
+        log.exception("unexpected error in %s", op)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+def caller(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(ctx.uid, ctx.gid, ctx.umask)
+
+
+class Operations(pyfuse3.Operations):
+    """FUSE request handlers for one union."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: UnionFS) -> None:
+        super().__init__()
+        self.fs = fs
+        self.tree = fs.tree
+        self.timeout = fs.spec.timeout
+
+    def _entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        return entry_attributes(self.tree.attr(node, st), self.timeout)
+
+    def _new_entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        self.tree.remember(node)
+        return self._entry(node)
+
+    # -- lookups and attributes ---------------------------------------------------------------
+
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with fuse_errors("lookup"):
+            parent = self.fs.node(parent_inode)
+            try:
+                node = self.tree.lookup(parent, name)
+            except FileNotFoundError:
+                return negative_entry(self.timeout)
+            return self._new_entry(node)
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        with fuse_errors("forget"):
+            for ino, count in inode_list:
+                self.fs.forget(ino, count)
+
+    async def getattr(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with fuse_errors("getattr"):
+            return self._entry(self.fs.node(inode))
+
+    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with fuse_errors("setattr"):
+            change = AttrChange(
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                size=attr.st_size if fields.update_size else None,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            )
+            result = self.fs.files.setattr(self.fs.node(inode), change, fh, caller(ctx))
+            return entry_attributes(result, self.timeout)
+
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        with fuse_errors("readlink"):
+            return self.tree.readlink(self.fs.node(inode))
+
+    async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT,
+                     ctx: pyfuse3.RequestContext) -> bool:
+        return True  # default_permissions: the kernel checks the attributes we report
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        with fuse_errors("statfs"):
+            sv = self.tree.statvfs()
+            data = pyfuse3.StatvfsData()
+            for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                          "f_ffree", "f_favail", "f_namemax"):
+                setattr(data, field, getattr(sv, field))
+            return data
+
+    # -- names --------------------------------------------------------------------------------
+
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                    mode: pyfuse3.ModeT, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with fuse_errors("mknod"):
+            node = self.fs.names.mknod(self.fs.node(parent_inode), name, mode, rdev, caller(ctx))
+            return self._new_entry(node)
+
+    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                    mode: pyfuse3.ModeT,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with fuse_errors("mkdir"):
+            node = self.fs.names.mkdir(self.fs.node(parent_inode), name, mode, caller(ctx))
+            return self._new_entry(node)
+
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                      target: pyfuse3.FileNameT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with fuse_errors("symlink"):
+            node = self.fs.names.symlink(self.fs.node(parent_inode), name, target, caller(ctx))
+            return self._new_entry(node)
+
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
+                   new_name: pyfuse3.FileNameT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with fuse_errors("link"):
+            node = self.fs.names.link(self.fs.node(inode), self.fs.node(new_parent_inode),
+                                      new_name)
+            return self._new_entry(node)
+
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                     ctx: pyfuse3.RequestContext) -> None:
+        with fuse_errors("unlink"):
+            self.fs.names.unlink(self.fs.node(parent_inode), name)
+
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                    ctx: pyfuse3.RequestContext) -> None:
+        with fuse_errors("rmdir"):
+            self.fs.names.rmdir(self.fs.node(parent_inode), name)
+
+    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
+                     parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
+                     flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> None:
+        with fuse_errors("rename"):
+            self.fs.names.rename(self.fs.node(parent_inode_old), name_old,
+                                 self.fs.node(parent_inode_new), name_new, flags)
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
+                     mode: pyfuse3.ModeT, flags: pyfuse3.FlagT,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with fuse_errors("create"):
+            who = caller(ctx)
+            node, fd = self.fs.names.create(self.fs.node(parent_inode), name, mode, flags, who)
+            fh = self.fs.files.adopt(node, fd, flags, who)
+            return pyfuse3.FileInfo(fh=fh), self._new_entry(node)
+
+    async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        with fuse_errors("open"):
+            fh = self.fs.files.open(self.fs.node(inode), flags, caller(ctx))
+            return pyfuse3.FileInfo(fh=fh)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        with fuse_errors("read"):
+            return self.fs.files.read(fh, off, size)
+
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        with fuse_errors("write"):
+            return self.fs.files.write(fh, off, buf)
+
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        with fuse_errors("release"):
+            self.fs.files.release(fh)
+
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        with fuse_errors("fsync"):
+            self.fs.files.fsync(fh, datasync)
+
+    # -- directories --------------------------------------------------------------------------
+
+    async def opendir(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        with fuse_errors("opendir"):
+            return pyfuse3.FileHandleT(self.fs.opendir(self.fs.node(inode)))
+
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
+                      token: pyfuse3.ReaddirToken) -> None:
+        with fuse_errors("readdir"):
+            handle = self.fs.dir_handle(fh)
+            parent = handle.node
+            dots = ((b".", parent), (b"..", parent.parent or self.tree.root))
+            index = start_id
+            while index < 2:
+                name, node = dots[index]
+                if not pyfuse3.readdir_reply(token, name, self._entry(node), index + 1):
+                    return
+                index += 1
+            for name, found in handle.entries[index - 2:]:
+                node = self.tree.node_for(parent, name, found)
+                st = found.st if node.layer == found.layer else None
+                if not pyfuse3.readdir_reply(token, name, self._entry(node, st), index + 1):
+                    if node.lookups == 0:
+                        self.fs.forget(node.ino, 0)
+                    return
+                self.tree.remember(node)
+                index += 1
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self.fs.releasedir(fh)
+
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        return None
+
+    # -- xattrs -------------------------------------------------------------------------------
+
+    async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
+                       ctx: pyfuse3.RequestContext) -> bytes:
+        with fuse_errors("getxattr"):
+            return self.fs.xattrs.get(self.fs.node(inode), name)
+
+    async def listxattr(self, inode: pyfuse3.InodeT,
+                        ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
+        with fuse_errors("listxattr"):
+            return [pyfuse3.XAttrNameT(n) for n in self.fs.xattrs.list(self.fs.node(inode))]
+
+    async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        with fuse_errors("setxattr"):
+            self.fs.xattrs.set(self.fs.node(inode), name, value)
+
+    async def removexattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
+                          ctx: pyfuse3.RequestContext) -> None:
+        with fuse_errors("removexattr"):
+            self.fs.xattrs.remove(self.fs.node(inode), name)
