@@ -1,0 +1,165 @@
+"""End to end through a real FUSE mount: what shell tools see, and what lands on disk."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.mounted import kernel_overlay, unionfs_mount
+from support.trees import Dir, File, HardLink, Symlink, Whiteout, make_tree, read_tree, tree_hash
+
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A temp dir other users can traverse (pytest's own are 0700 for root)."""
+    path = Path(tempfile.mkdtemp(prefix="unionfs-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def layers(public_tmp: Path) -> dict[str, Path]:
+    tmp_path = public_tmp
+    top = make_tree(tmp_path / "top", {
+        "etc/": Dir(), "etc/hostname": b"top\n", "gone": Whiteout(),
+        "opq/": Dir(opaque=True), "opq/new": b"n",
+        "bin/": Dir(), "bin/sh": File(b"#!", mode=0o4755),
+    })
+    base = make_tree(tmp_path / "base", {
+        "etc/": Dir(), "etc/hostname": b"base\n", "etc/passwd": b"root:x:0:0\n",
+        "gone": b"hidden", "opq/": Dir(), "opq/old": b"o",
+        "lib/": Dir(), "lib/a.so": b"\x7fELF", "lib/b.so": HardLink("lib/a.so"),
+        "link": Symlink("etc/passwd"),
+    })
+    for sub in ("upper", "work", "mnt"):
+        (tmp_path / sub).mkdir()
+    return {"top": top, "base": base, "upper": tmp_path / "upper", "work": tmp_path / "work",
+            "mnt": tmp_path / "mnt"}
+
+
+def mount(layers: dict[str, Path], **kw: object):  # type: ignore[no-untyped-def]
+    return unionfs_mount(layers["mnt"], [layers["top"], layers["base"]], layers["upper"],
+                         layers["work"], **kw)  # type: ignore[arg-type]
+
+
+def test_merged_tree_and_lowers_untouched(layers: dict[str, Path]) -> None:
+    hashes = [tree_hash(layers["top"]), tree_hash(layers["base"])]
+    with mount(layers) as m:
+        mnt = m.path
+        assert sorted(os.listdir(mnt)) == ["bin", "etc", "lib", "link", "opq"]
+        assert (mnt / "etc/hostname").read_bytes() == b"top\n"
+        assert sorted(os.listdir(mnt / "opq")) == ["new"]
+        assert os.readlink(mnt / "link") == "etc/passwd"
+        assert (mnt / "link").read_bytes() == b"root:x:0:0\n"
+        a, b = os.stat(mnt / "lib/a.so"), os.stat(mnt / "lib/b.so")
+        assert a.st_ino == b.st_ino and a.st_nlink == 2
+        (mnt / "etc/passwd").write_bytes(b"changed\n")
+        (mnt / "etc/hostname").unlink()
+        subprocess.run(["rm", "-rf", str(mnt / "lib")], check=True)
+    assert [tree_hash(layers["top"]), tree_hash(layers["base"])] == hashes
+    up = layers["upper"]
+    assert (up / "etc/passwd").read_bytes() == b"changed\n"
+    assert stat.S_ISCHR(os.lstat(up / "etc/hostname").st_mode)
+    assert os.lstat(up / "lib").st_rdev == 0 and stat.S_ISCHR(os.lstat(up / "lib").st_mode)
+
+
+def test_kernel_overlay_reads_what_unionfs_wrote(layers: dict[str, Path], tmp_path: Path) -> None:
+    with mount(layers) as m:
+        mnt = m.path
+        (mnt / "etc/new").write_bytes(b"new")
+        (mnt / "gone2").mkdir()
+        os.rename(mnt / "etc/passwd", mnt / "passwd.moved")
+        subprocess.run(["rm", "-rf", str(mnt / "opq")], check=True)
+        (mnt / "opq").mkdir()
+        (mnt / "opq/fresh").write_bytes(b"f")
+        os.chown(mnt / "etc/hostname", 12, 34)
+        seen = read_tree(mnt)
+    lowers = [layers["top"], layers["base"]]
+    with kernel_overlay(tmp_path / "kmnt", lowers, layers["upper"], layers["work"]) as kmnt:
+        assert read_tree(kmnt) == seen
+
+
+def test_unionfs_reads_what_kernel_overlay_wrote(layers: dict[str, Path], tmp_path: Path) -> None:
+    lowers = [layers["top"], layers["base"]]
+    with kernel_overlay(tmp_path / "kmnt", lowers, layers["upper"], layers["work"]) as kmnt:
+        (kmnt / "etc/hostname").write_bytes(b"kernel\n")
+        (kmnt / "etc/passwd").unlink()
+        subprocess.run(["rm", "-rf", str(kmnt / "lib")], check=True)
+        (kmnt / "lib").mkdir()
+        (kmnt / "lib/c.so").write_bytes(b"c")
+        expected = read_tree(kmnt)
+    with mount(layers) as m:
+        assert read_tree(m.path) == expected
+
+
+def test_mmap_append_and_unlinked_open_files(layers: dict[str, Path]) -> None:
+    with mount(layers) as m:
+        mnt = m.path
+        path = mnt / "etc/passwd"
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            mm[0:4] = b"ROOT"
+            mm.flush()
+        assert path.read_bytes() == b"ROOT:x:0:0\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"more\n")
+        os.close(fd)
+        assert path.read_bytes().endswith(b"more\n")
+        fd = os.open(mnt / "etc/hostname", os.O_RDWR)
+        os.unlink(mnt / "etc/hostname")
+        os.pwrite(fd, b"after unlink", 0)
+        assert os.pread(fd, 12, 0) == b"after unlink"
+        assert os.fstat(fd).st_nlink == 0
+        os.close(fd)
+        assert not (mnt / "etc/hostname").exists()
+
+
+def test_errors_match_the_kernel(layers: dict[str, Path]) -> None:
+    with mount(layers) as m:
+        mnt = m.path
+        with pytest.raises(OSError) as exc:
+            os.rmdir(mnt / "etc")
+        assert exc.value.errno == errno.ENOTEMPTY
+        with pytest.raises(OSError) as exc:
+            os.rename(mnt / "etc", mnt / "etc2")
+        assert exc.value.errno == errno.EXDEV
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "gone")
+
+
+def test_non_root_caller_owns_new_files_and_loses_setuid(layers: dict[str, Path]) -> None:
+    with mount(layers) as m:
+        mnt = m.path
+        os.chmod(mnt, 0o777)
+        os.chown(mnt / "bin/sh", 1000, 1000)
+        os.chmod(mnt / "bin/sh", 0o4755)
+        script = (f"echo hi > {mnt}/mine && printf x >> {mnt}/bin/sh && "
+                  f"stat -c '%u %g %a' {mnt}/mine {mnt}/bin/sh")
+        out = subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+                              "sh", "-c", script], check=True, capture_output=True, text=True)
+        assert out.stdout.split("\n")[:2] == ["1000 1000 644", "1000 1000 755"]
+
+
+def test_read_only_mount(layers: dict[str, Path]) -> None:
+    with unionfs_mount(layers["mnt"], [layers["top"], layers["base"]]) as m:
+        with pytest.raises(OSError) as exc:
+            (m.path / "newfile").write_bytes(b"")
+        assert exc.value.errno == errno.EROFS
+        assert (m.path / "etc/hostname").read_bytes() == b"top\n"
+
+
+def test_statfs_is_the_upper(layers: dict[str, Path]) -> None:
+    with mount(layers) as m:
+        ours, upper = os.statvfs(m.path), os.statvfs(layers["upper"])
+        assert ours.f_blocks == upper.f_blocks and ours.f_bsize == upper.f_bsize

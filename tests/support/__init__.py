@@ -1,0 +1,1 @@
+"""Shared test helpers: layer trees from data, whole-tree snapshots, real mounts."""
