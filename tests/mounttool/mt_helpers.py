@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import stat
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import zstandard
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -25,3 +32,119 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
                     data = f.read()
             out[rel] = (st.st_mode, st.st_size, data)
     return out
+
+
+# -- building layer tars -------------------------------------------------------------------------
+
+
+MTIME = 1_600_000_000
+
+
+@dataclass
+class E:
+    """One tar entry to write."""
+
+    name: str
+    type: bytes = tarfile.REGTYPE
+    data: bytes = b""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime: float = MTIME
+    linkname: str = ""
+    dev: tuple[int, int] = (0, 0)
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+def F(name: str, data: bytes = b"", **kw: object) -> E:
+    return E(name, tarfile.REGTYPE, data, **kw)  # type: ignore[arg-type]
+
+
+def D(name: str, **kw: object) -> E:
+    kw.setdefault("mode", 0o755)
+    return E(name, tarfile.DIRTYPE, **kw)  # type: ignore[arg-type]
+
+
+def S(name: str, target: str, **kw: object) -> E:
+    kw.setdefault("mode", 0o777)
+    return E(name, tarfile.SYMTYPE, linkname=target, **kw)  # type: ignore[arg-type]
+
+
+def H(name: str, target: str) -> E:
+    return E(name, tarfile.LNKTYPE, linkname=target)
+
+
+def W(path: str) -> E:
+    """The OCI whiteout for ``path``."""
+    head, _, base = path.rpartition("/")
+    return F(f"{head}/.wh.{base}" if head else f".wh.{base}", mode=0o600)
+
+
+def OPQ(dirpath: str) -> E:
+    return F(f"{dirpath}/.wh..wh..opq" if dirpath else ".wh..wh..opq", mode=0o600)
+
+
+def make_tar(entries: list[E], compression: str = "", end_blocks: bool = True,
+             fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    tar = tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8",  # noqa: SIM115
+                       errors="surrogateescape")
+    for e in entries:
+        ti = tarfile.TarInfo(e.name)
+        ti.type, ti.mode, ti.uid, ti.gid, ti.mtime = e.type, e.mode, e.uid, e.gid, e.mtime
+        ti.linkname = e.linkname
+        ti.devmajor, ti.devminor = e.dev
+        if e.xattrs:
+            ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                              for k, v in e.xattrs.items()}
+        if e.type == tarfile.REGTYPE:
+            ti.size = len(e.data)
+            tar.addfile(ti, io.BytesIO(e.data))
+        else:
+            tar.addfile(ti)
+    if end_blocks:
+        tar.close()
+        raw = buf.getvalue()
+    else:
+        raw = buf.getvalue()  # addfile has written every member; no end-of-archive blocks
+    return compress(raw, compression)
+
+
+def compress(raw: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(raw, mtime=0)
+    if compression == "zstd":
+        return bytes(zstandard.ZstdCompressor().compress(raw))
+    return raw
+
+
+Tree = dict[str, tuple[object, ...]]
+
+
+def read_tree(root: Path, times: bool = True) -> Tree:
+    """Everything below ``root``: type, mode, owner, content/target/rdev, xattrs, mtime."""
+    out: Tree = {}
+    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            rel = os.fsdecode(os.path.relpath(p, os.fsencode(root)))
+            out[rel] = describe(p, times)
+    out["."] = describe(os.fsencode(root), times)
+    return out
+
+
+def describe(p: bytes, times: bool = True) -> tuple[object, ...]:
+    st = os.lstat(p)
+    kind = stat.S_IFMT(st.st_mode)
+    extra: object = None
+    if stat.S_ISREG(kind):
+        with open(p, "rb") as f:
+            extra = f.read()
+    elif stat.S_ISLNK(kind):
+        extra = os.readlink(p)
+    elif stat.S_ISCHR(kind) or stat.S_ISBLK(kind):
+        extra = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    xattrs = {k: os.getxattr(p, k, follow_symlinks=False)
+              for k in sorted(os.listxattr(p, follow_symlinks=False))}
+    mtime = st.st_mtime_ns if times and not stat.S_ISLNK(kind) else None
+    return (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, extra, xattrs, mtime)

@@ -1,0 +1,98 @@
+"""Filesystem helpers for unpacking: entry times, PAX xattrs, safe lookups in lower layers.
+
+Kept apart from unpack.py so that module holds only the tar-application rules.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import stat
+import tarfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+PRIVATE_XATTRS = (b"trusted.overlay.", b"user.overlay.")
+XATTR_PREFIX = "SCHILY.xattr."
+
+
+def lower_dir_stat(lowers: tuple[Path, ...], parts: tuple[bytes, ...]) -> os.stat_result | None:
+    """The directory ``parts`` in the topmost lower layer holding that path, walked safely."""
+    for lower in lowers:
+        try:
+            fd = os.open(lower, DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            for comp in parts:
+                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            return os.fstat(fd)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None  # a non-directory (or whiteout) here hides the layers below
+        finally:
+            os.close(fd)
+    return None
+
+
+def times(ti: tarfile.TarInfo) -> tuple[int, int]:
+    mtime = round(float(ti.mtime) * 1e9)
+    atime_raw = ti.pax_headers.get("atime")
+    try:
+        atime = round(float(atime_raw) * 1e9) if atime_raw else mtime
+    except ValueError:
+        atime = mtime
+    return atime, mtime
+
+
+def xattrs_of(ti: tarfile.TarInfo) -> list[tuple[bytes, bytes]]:
+    out = []
+    for key, value in ti.pax_headers.items():
+        if not key.startswith(XATTR_PREFIX):
+            continue
+        name = key[len(XATTR_PREFIX):].encode("utf-8", "surrogateescape")
+        if name.startswith(PRIVATE_XATTRS):
+            log.warning("dropping overlay-private xattr %s on %s", name.decode(), ti.name)
+            continue
+        out.append((name, value.encode("utf-8", "surrogateescape")))
+    return out
+
+
+def setxattr(target: int | bytes, key: bytes, value: bytes, ti: tarfile.TarInfo) -> None:
+    try:
+        if isinstance(target, int):
+            os.setxattr(target, key, value)
+        else:
+            os.setxattr(target, key, value, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            raise
+        log.warning("cannot set xattr %s on %s: %s", key.decode(errors="replace"), ti.name,
+                    exc.strerror)
+
+
+def remove(pfd: int, name: bytes, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=pfd)
+    else:
+        os.unlink(name, dir_fd=pfd)
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (one call instead of an fsync per file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)

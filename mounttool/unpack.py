@@ -1,0 +1,409 @@
+"""Layer tar → directory in the overlay format: the one place that applies untrusted tars.
+
+Safety (strict): every path is cleaned (leading '/' dropped, '..' above the root refused); every
+parent is opened with O_NOFOLLOW from the layer's root fd, so nothing is written through a
+symlink; hardlinks must point at an entry already in this layer; overlay-private xattrs in the
+tar are dropped; device nodes only when allowed.  Form (lenient): missing parent directories are
+created, missing end-of-archive blocks are fine, duplicate entries are applied in order (later
+wins; two directories merge).
+
+OCI whiteouts become overlay whiteouts through ``unionfs.whiteout`` after the whole tar is read,
+so tar order does not matter: ``.wh..wh..opq`` makes its directory opaque; ``.wh.X`` becomes a
+char 0/0 ``X`` unless this layer itself provides ``X`` (a directory then becomes opaque, since a
+whiteout only hides what lower layers provide), and never inside an opaque directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from mounttool.digest import CHUNK, Digest, VerifyingReader
+from mounttool.errors import CorruptLayerError, UnsafeLayerError
+from mounttool.fsutil import (
+    DIR_FLAGS,
+    XATTR_PREFIX,
+    lower_dir_stat,
+    remove,
+    setxattr,
+    syncfs,
+    times,
+    xattrs_of,
+)
+from mounttool.tarstream import Tracker, clean_path, iter_members, open_layer_stream, read_member
+from mounttool.tarstream import show as _show
+from unionfs.whiteout import (
+    KERNEL_FORMAT,
+    OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+    WhiteoutFormat,
+    make_whiteout,
+    set_opaque,
+)
+
+log = logging.getLogger(__name__)
+Parts = tuple[bytes, ...]
+_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE,
+          tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+          tarfile.FIFOTYPE}
+
+
+def show(parts: Parts) -> str:
+    return _show(b"/".join(parts)) or "/"
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackOptions:
+    same_owner: bool = field(default_factory=lambda: os.geteuid() == 0)
+    allow_devices: bool = field(default_factory=lambda: os.geteuid() == 0)
+    whiteout_format: WhiteoutFormat = KERNEL_FORMAT
+    max_entries: int | None = None
+    max_bytes: int | None = None
+    """Limit on the uncompressed tar size (a guard against tar bombs)."""
+    lowers: tuple[Path, ...] = ()
+    """Unpacked lower layers, top first: a parent directory missing from the tar takes its
+    owner, mode and mtime from the topmost lower that has it (else root 0755)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackResult:
+    diff_id: Digest
+    size: int
+    entries: int
+    compression: str
+
+
+@dataclass(slots=True)
+class _Whiteout:
+    parent: Parts
+    name: bytes
+    uid: int
+    gid: int
+
+
+class _Unpacker:
+    """Applies tar entries below one root directory fd."""
+
+    def __init__(self, root_fd: int, root_parent_fd: int, root_name: bytes,
+                 opts: UnpackOptions) -> None:
+        self.root_fd = root_fd
+        self.root_parent_fd = root_parent_fd
+        self.root_name = root_name
+        self.opts = opts
+        self.dirs: dict[Parts, tarfile.TarInfo] = {}
+        self.whiteouts: list[_Whiteout] = []
+        self.opaque: set[Parts] = set()
+        self.entries = 0
+
+    # -- walking ------------------------------------------------------------------------------
+    def open_dir(self, parts: Parts, create: bool) -> int:
+        """An fd for the directory ``parts``, opened component by component with O_NOFOLLOW."""
+        fd = os.dup(self.root_fd)
+        try:
+            for i, comp in enumerate(parts):
+                nfd = self._open_child(fd, comp, parts[:i + 1], create)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_child(self, fd: int, comp: bytes, where: Parts, create: bool) -> int:
+        try:
+            return os.open(comp, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(comp, 0o755, dir_fd=fd)
+            nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
+            self._implicit_dir(nfd, where)
+            return nfd
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            if stat.S_ISLNK(os.lstat(comp, dir_fd=fd).st_mode):
+                raise UnsafeLayerError(f"layer entry below {show(where)!r}: it is a symlink; "
+                                       "refusing to write through it") from None
+            raise CorruptLayerError(f"layer entry below {show(where)!r}: it is not a "
+                                    "directory") from None
+
+    def _implicit_dir(self, fd: int, parts: Parts) -> None:
+        st = lower_dir_stat(self.opts.lowers, parts)
+        if st is None:
+            os.fchmod(fd, 0o755)
+            return
+        if self.opts.same_owner:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        ti = tarfile.TarInfo(b"/".join(parts).decode("utf-8", "surrogateescape"))
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, stat.S_IMODE(st.st_mode), st.st_mtime
+        self.dirs.setdefault(parts, ti)
+
+    # -- entries -------------------------------------------------------------------------------
+    def apply(self, ti: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        self.entries += 1
+        if self.opts.max_entries is not None and self.entries > self.opts.max_entries:
+            raise CorruptLayerError(f"layer has more than {self.opts.max_entries} entries")
+        parts = clean_path(os.fsencode(ti.name))
+        if ti.type not in _TYPES:
+            raise CorruptLayerError(f"layer entry {show(parts)!r}: unsupported tar entry type "
+                                    f"{ti.type!r}")
+        if not parts:
+            if not ti.isdir():
+                raise CorruptLayerError("layer entry for the root is not a directory")
+            self._set_owner_xattrs(self.root_fd, None, ti)
+            self.dirs[()] = ti
+            return
+        for comp in parts[:-1]:
+            if comp.startswith(WHITEOUT_PREFIX):
+                raise CorruptLayerError(f"layer entry {show(parts)!r}: a whiteout marker "
+                                        "cannot be a directory")
+        if parts[-1].startswith(WHITEOUT_PREFIX):
+            self._record_whiteout(parts, ti)
+            return
+        pfd = self.open_dir(parts[:-1], create=True)
+        try:
+            self._apply_at(pfd, parts, ti, tar)
+        finally:
+            os.close(pfd)
+
+    def _record_whiteout(self, parts: Parts, ti: tarfile.TarInfo) -> None:
+        if ti.isdir():
+            raise CorruptLayerError(f"layer entry {show(parts)!r}: a whiteout must not be a "
+                                    "directory")
+        if parts[-1] == OPAQUE_MARKER:
+            self.opaque.add(parts[:-1])
+            return
+        hidden = parts[-1][len(WHITEOUT_PREFIX):]
+        if hidden in (b"", b".", b"..") or hidden.startswith(WHITEOUT_PREFIX):
+            raise CorruptLayerError(f"layer entry {show(parts)!r}: invalid whiteout name")
+        self.whiteouts.append(_Whiteout(parts[:-1], hidden, ti.uid, ti.gid))
+
+    def _apply_at(self, pfd: int, parts: Parts, ti: tarfile.TarInfo,
+                  tar: tarfile.TarFile) -> None:
+        name = parts[-1]
+        try:
+            old = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            old = None
+        if old is not None:
+            if ti.isdir() and stat.S_ISDIR(old.st_mode):
+                self._set_owner_xattrs(pfd, name, ti)
+                self.dirs[parts] = ti
+                return
+            remove(pfd, name, old)
+        if ti.isdir():
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            self._set_owner_xattrs(pfd, name, ti)
+            self.dirs[parts] = ti
+        elif ti.islnk():
+            self._hardlink(pfd, parts, ti)
+        elif ti.isreg():
+            self._regular(pfd, parts, ti, tar)
+        else:
+            self._special(pfd, parts, ti)
+
+    def _regular(self, pfd: int, parts: Parts, ti: tarfile.TarInfo,
+                 tar: tarfile.TarFile) -> None:
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        try:
+            src = read_member(tar, ti, "layer")
+            try:
+                while chunk := src.read(CHUNK):
+                    os.write(fd, chunk)
+            except tarfile.ReadError as exc:
+                raise CorruptLayerError(f"layer: truncated tar ({exc} in "
+                                        f"{show(parts)!r})") from None
+            if self.opts.same_owner:
+                os.fchown(fd, ti.uid, ti.gid)
+            os.fchmod(fd, ti.mode & 0o7777)
+            self._xattrs(fd, ti)
+            os.utime(fd, ns=times(ti))
+        finally:
+            os.close(fd)
+
+    def _special(self, pfd: int, parts: Parts, ti: tarfile.TarInfo) -> None:
+        name = parts[-1]
+        if ti.issym():
+            os.symlink(os.fsencode(ti.linkname), name, dir_fd=pfd)
+        elif ti.isfifo():
+            os.mkfifo(name, 0o600, dir_fd=pfd)
+        else:
+            if not self.opts.allow_devices:
+                raise UnsafeLayerError(f"layer entry {show(parts)!r}: device nodes are not "
+                                       "allowed here")
+            if ti.ischr() and ti.devmajor == 0 and ti.devminor == 0:
+                raise CorruptLayerError(f"layer entry {show(parts)!r}: a char device 0/0 is "
+                                        "an overlay whiteout; OCI layers use .wh. files")
+            kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
+            os.mknod(name, kind | 0o600, os.makedev(ti.devmajor, ti.devminor), dir_fd=pfd)
+        if self.opts.same_owner:
+            os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+        if not ti.issym():
+            os.chmod(name, ti.mode & 0o7777, dir_fd=pfd)
+        self._set_xattrs_at(pfd, name, ti)
+        os.utime(name, ns=times(ti), dir_fd=pfd, follow_symlinks=False)
+
+    def _hardlink(self, pfd: int, parts: Parts, ti: tarfile.TarInfo) -> None:
+        target = clean_path(os.fsencode(ti.linkname))
+        if not target or target == parts:
+            raise UnsafeLayerError(f"layer hardlink {show(parts)!r} → {ti.linkname!r}: "
+                                   "invalid target")
+        try:
+            tfd = self.open_dir(target[:-1], create=False)
+        except (FileNotFoundError, CorruptLayerError):
+            raise UnsafeLayerError(f"layer hardlink {show(parts)!r} → {show(target)!r}: the "
+                                   "target is not in this layer") from None
+        try:
+            try:
+                st = os.lstat(target[-1], dir_fd=tfd)
+            except FileNotFoundError:
+                raise UnsafeLayerError(f"layer hardlink {show(parts)!r} → {show(target)!r}: "
+                                       "the target is not in this layer") from None
+            if stat.S_ISDIR(st.st_mode):
+                raise UnsafeLayerError(f"layer hardlink {show(parts)!r} → {show(target)!r}: "
+                                       "the target is a directory")
+            os.link(target[-1], parts[-1], src_dir_fd=tfd, dst_dir_fd=pfd,
+                    follow_symlinks=False)
+        finally:
+            os.close(tfd)
+
+    # -- attributes ----------------------------------------------------------------------------
+    def _set_owner_xattrs(self, pfd: int, name: bytes | None, ti: tarfile.TarInfo) -> None:
+        if name is None:
+            if self.opts.same_owner:
+                os.fchown(pfd, ti.uid, ti.gid)
+            self._xattrs(pfd, ti)
+            return
+        if self.opts.same_owner:
+            os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+        self._set_xattrs_at(pfd, name, ti)
+
+    def _set_xattrs_at(self, pfd: int, name: bytes, ti: tarfile.TarInfo) -> None:
+        if not any(k.startswith(XATTR_PREFIX) for k in ti.pax_headers):
+            return
+        path = b"/proc/self/fd/%d/%s" % (pfd, name)
+        for key, value in xattrs_of(ti):
+            setxattr(path, key, value, ti)
+
+    def _xattrs(self, fd: int, ti: tarfile.TarInfo) -> None:
+        for key, value in xattrs_of(ti):
+            setxattr(fd, key, value, ti)
+
+    # -- the end -------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Whiteouts and opaque markers (order-independent), then directory modes and times."""
+        fmt = self.opts.whiteout_format
+        for parts in sorted(self.opaque, key=len):
+            self._make_opaque(parts)
+        for wh in sorted(self.whiteouts, key=lambda w: len(w.parent)):
+            self._place_whiteout(wh, fmt)
+        for parts in sorted(self.dirs, key=len, reverse=True):
+            self._finish_dir(parts, self.dirs[parts])
+
+    def _place_whiteout(self, wh: _Whiteout, fmt: WhiteoutFormat) -> None:
+        if any(wh.parent[:i] in self.opaque for i in range(len(wh.parent) + 1)):
+            return  # already hidden; the kernel treats a whiteout in an opaque dir as corrupt
+        pfd = self.open_dir(wh.parent, create=True)
+        try:
+            try:
+                st = os.lstat(wh.name, dir_fd=pfd)
+            except FileNotFoundError:
+                st = None
+            if st is None:
+                make_whiteout(pfd, wh.name, fmt)
+                if self.opts.same_owner:
+                    os.chown(wh.name, wh.uid, wh.gid, dir_fd=pfd, follow_symlinks=False)
+            elif stat.S_ISDIR(st.st_mode):
+                set_opaque(pfd, wh.name, fmt)
+                self.opaque.add((*wh.parent, wh.name))
+        finally:
+            os.close(pfd)
+
+    def _make_opaque(self, parts: Parts) -> None:
+        # set_opaque goes through the parent: the xattr calls cannot take a dir fd itself.
+        if not parts:
+            set_opaque(self.root_parent_fd, self.root_name, self.opts.whiteout_format)
+            return
+        os.close(self.open_dir(parts, create=True))  # exists, and is a real directory
+        pfd = self.open_dir(parts[:-1], create=False)
+        try:
+            set_opaque(pfd, parts[-1], self.opts.whiteout_format)
+        finally:
+            os.close(pfd)
+
+    def _finish_dir(self, parts: Parts, ti: tarfile.TarInfo) -> None:
+        try:
+            fd = self.open_dir(parts, create=False)
+        except (FileNotFoundError, CorruptLayerError):
+            return  # replaced by a later non-directory entry
+        try:
+            os.fchmod(fd, ti.mode & 0o7777)
+            os.utime(fd, ns=times(ti))
+        finally:
+            os.close(fd)
+
+
+def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
+                opts: UnpackOptions | None = None, what: str = "layer") -> UnpackResult:
+    """Apply a layer blob (plain, gzip or zstd tar) to the empty directory ``dest``.
+
+    The uncompressed stream is hashed as it is read and checked against ``expected`` (the
+    diff_id) once the tar is done; on any error ``dest`` is left partially written.
+    """
+    opts = opts or UnpackOptions()
+    stream, compression = open_layer_stream(src, what)
+    verifier = VerifyingReader(stream, expected, None, f"{what} (uncompressed)")
+    limited = _Limit(verifier, opts.max_bytes, what)
+    tracker = Tracker(limited)
+    root_fd = os.open(dest, DIR_FLAGS)
+    parent_fd = os.open(dest.parent, DIR_FLAGS)
+    try:
+        unpacker = _Unpacker(root_fd, parent_fd, os.fsencode(dest.name), opts)
+        for ti, tar in iter_members(tracker, what):
+            unpacker.apply(ti, tar)
+        diff_id = verifier.verify()
+        unpacker.finish()
+    finally:
+        os.close(root_fd)
+        os.close(parent_fd)
+    return UnpackResult(diff_id, verifier.size, unpacker.entries, compression)
+
+
+class _Limit:
+    def __init__(self, raw: VerifyingReader, limit: int | None, what: str) -> None:
+        self._raw, self._limit, self._what = raw, limit, what
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        if self._limit is not None and self._raw.size > self._limit:
+            raise CorruptLayerError(f"{self._what}: larger than the limit of {self._limit} "
+                                    "bytes uncompressed")
+        return data
+
+
+def unpack_layer(src: BinaryIO, dest: Path, expected: Digest | None = None,
+                 opts: UnpackOptions | None = None, what: str = "layer") -> UnpackResult:
+    """Unpack into a temp dir beside ``dest`` and rename it into place only on success."""
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        result = unpack_into(src, tmp, expected, opts, what)
+        syncfs(tmp)
+        os.rename(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise
+    return result
