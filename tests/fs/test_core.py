@@ -176,7 +176,7 @@ def test_mkdir_over_a_whiteout_is_opaque(make_union) -> None:  # type: ignore[no
 
 def test_create_owned_by_caller_with_umask(make_union) -> None:  # type: ignore[no-untyped-def]
     u = make_union({"pub/": Dir(mode=0o777)})
-    node, fd = u.fs.names.create(u.node("pub"), b"new", 0o666, os.O_WRONLY,
+    _, fd = u.fs.names.create(u.node("pub"), b"new", 0o666, os.O_WRONLY,
                                  Caller(1234, 5678, 0o022))
     os.close(fd)
     st = u.upper_stat("pub/new")
