@@ -57,10 +57,10 @@ class WorkDir:
         os.close(self.fd)
 
 
-def copy_xattrs(src: bytes, dst: bytes, fmt: WhiteoutFormat) -> None:
+def copy_xattrs(src: bytes, dst: bytes, fmt: WhiteoutFormat, follow: bool = False) -> None:
     """Copy every xattr but the overlay-private ones from path ``src`` to path ``dst``."""
     try:
-        names = os.listxattr(src, follow_symlinks=False)
+        names = os.listxattr(src, follow_symlinks=follow)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EPERM):
             return
@@ -70,8 +70,8 @@ def copy_xattrs(src: bytes, dst: bytes, fmt: WhiteoutFormat) -> None:
         if fmt.is_private_xattr(raw):
             continue
         try:
-            value = os.getxattr(src, raw, follow_symlinks=False)
-            os.setxattr(dst, raw, value, follow_symlinks=False)
+            value = os.getxattr(src, raw, follow_symlinks=follow)
+            os.setxattr(dst, raw, value, follow_symlinks=follow)
         except OSError as exc:
             # Like the kernel and fuse-overlayfs: an xattr the upper cannot hold is skipped.
             if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EOVERFLOW, errno.ENODATA):
@@ -164,6 +164,27 @@ class Copier:
         if source is not None:
             copy_xattrs(source, proc_path(wfd, tmp), self.fmt)
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=wfd, follow_symlinks=False)
+
+    def copy_anonymous(self, fd: int) -> int:
+        """A nameless upper copy (O_TMPFILE in the work dir) of the file open as ``fd``, for an
+        unlinked lower file that is changed through a handle still open on it."""
+        source = b"/proc/self/fd/%d" % fd
+        st = os.stat(source)
+        out = os.open(self.work.path, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            inp = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                copy_data(inp, out, st.st_size)
+            finally:
+                os.close(inp)
+            os.fchown(out, st.st_uid, st.st_gid)
+            os.fchmod(out, stat.S_IMODE(st.st_mode))
+            copy_xattrs(source, b"/proc/self/fd/%d" % out, self.fmt, follow=True)
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except BaseException:
+            os.close(out)
+            raise
+        return out
 
     def discard(self, tmp: bytes) -> None:
         """Remove a temporary that did not make it into the upper layer."""

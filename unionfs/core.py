@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from unionfs.files import Files
@@ -26,6 +27,20 @@ class DirHandle:
 
     node: Node
     entries: list[tuple[bytes, Resolved]]
+    changes: int
+    """The tree's change count when the listing was taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One readdir answer: offset, name, node, its stat if already known, and whether the
+    kernel counts it as a lookup (every entry but ``.`` and ``..``)."""
+
+    offset: int
+    name: bytes
+    node: Node
+    st: os.stat_result | None
+    counted: bool
 
 
 class UnionFS:
@@ -51,8 +66,30 @@ class UnionFS:
     def opendir(self, node: Node) -> int:
         dh = self._next_dh
         self._next_dh += 1
-        self.dirs[dh] = DirHandle(node, self.tree.list_dir(node))
+        self.dirs[dh] = DirHandle(node, self.tree.list_dir(node), self.tree.changes)
         return dh
+
+    def readdir(self, dh: int, start: int) -> Iterator[DirEntry]:
+        """Entries from offset ``start``: ``.`` and ``..`` first, then the snapshot, each
+        checked again if the tree changed since opendir (never a deleted entry)."""
+        handle = self.dir_handle(dh)
+        tree = self.tree
+        parent = handle.node
+        if start == 0:
+            yield DirEntry(0, b".", parent, None, False)
+        if start <= 1:
+            yield DirEntry(1, b"..", parent.parent or tree.root, None, False)
+        stale = handle.changes != tree.changes
+        for offset in range(max(start, 2), len(handle.entries) + 2):
+            name, found = handle.entries[offset - 2]
+            if stale:
+                again = tree.resolve(parent, name)
+                if again is None:
+                    continue
+                found = again
+            node = tree.node_for(parent, name, found)
+            st = found.st if node.layer == found.layer and node.fd is None else None
+            yield DirEntry(offset, name, node, st, True)
 
     def dir_handle(self, dh: int) -> DirHandle:
         try:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from unionfs.nodes import Node
 from unionfs.tree import Attr, Caller, Tree, oserror
-from unionfs.whiteout import proc_path
 
 _OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
 _KILL_BITS = stat.S_ISUID | stat.S_ISGID
@@ -90,9 +89,7 @@ class Files:
         """Open ``node``; writing or truncating opens copy it up first.  Returns the fh."""
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
-            self.tree.require_writable()
-            if node.fd is None:
-                self.tree.copy_up(node, with_data=not flags & os.O_TRUNC)
+            self.tree.make_data_writable(node, with_data=not flags & os.O_TRUNC)
         fd = self._open_real(node, flags)
         handle = Handle(fd, node, flags, node.data_gen, kill_priv=caller.uid != 0)
         if flags & os.O_TRUNC and handle.kill_priv:
@@ -141,23 +138,19 @@ class Files:
 
     def setattr(self, node: Node, change: AttrChange, fh: int | None, caller: Caller) -> Attr:
         tree = self.tree
-        tree.require_writable()
         handle = self.handles.get(fh) if fh is not None else None
-        if node.fd is None:
-            tree.copy_up(node, with_data=change.size != 0)
-            target = proc_path(tree.upper.fd, node.path())
-        else:
-            target = b"/proc/self/fd/%d" % node.fd
-        is_link = node.fd is None and stat.S_ISLNK(tree.stat(node).st_mode)
+        tree.make_data_writable(node, with_data=change.size != 0)
+        target, follow = tree.locate(node)
+        is_link = stat.S_ISLNK(tree.stat(node).st_mode)
         if change.uid is not None or change.gid is not None:
             os.chown(target, -1 if change.uid is None else change.uid,
-                     -1 if change.gid is None else change.gid, follow_symlinks=not is_link)
+                     -1 if change.gid is None else change.gid, follow_symlinks=follow)
         if change.mode is not None and not is_link:
             os.chmod(target, stat.S_IMODE(change.mode))
         if change.size is not None:
             self._truncate(target, change.size, handle, caller)
         if change.atime_ns is not None or change.mtime_ns is not None:
-            self._utime(node, target, change, is_link)
+            self._utime(node, target, change, follow)
         return tree.attr(node)
 
     def _truncate(self, target: bytes, size: int, handle: Handle | None, caller: Caller) -> None:
@@ -174,8 +167,8 @@ class Files:
         finally:
             os.close(fd)
 
-    def _utime(self, node: Node, target: bytes, change: AttrChange, is_link: bool) -> None:
+    def _utime(self, node: Node, target: bytes, change: AttrChange, follow: bool) -> None:
         st = self.tree.stat(node)
         atime = st.st_atime_ns if change.atime_ns is None else change.atime_ns
         mtime = st.st_mtime_ns if change.mtime_ns is None else change.mtime_ns
-        os.utime(target, ns=(atime, mtime), follow_symlinks=not is_link)
+        os.utime(target, ns=(atime, mtime), follow_symlinks=follow)

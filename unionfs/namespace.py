@@ -70,6 +70,7 @@ class Namespace:
         except BaseException:
             copier.discard(tmp)
             raise
+        tree.changes += 1
         st = upper.lstat(rel)
         assert st is not None
         node = tree.table.new_node(key_of(st), parent, name, 0, (0,) if is_dir else (), is_dir)
@@ -159,11 +160,10 @@ class Namespace:
             self._place(tmp, rel, prel, name, True, False)
         else:
             self._link_into(src, node, ufd, rel)
-        if node.nlink is not None:
-            node.nlink += 1
+        tree.count_link(node, +1)
+        tree.changes += 1
         if node.parent is None:
             node.parent, node.name = parent, name
-            node.fd = None if node.fd is None else self._drop_fd(node)
         else:
             node.add_alias(parent, name)
         return node
@@ -174,11 +174,6 @@ class Namespace:
         else:
             os.link(src, dst, src_dir_fd=self.tree.upper.fd, dst_dir_fd=dst_fd,
                     follow_symlinks=False)
-
-    @staticmethod
-    def _drop_fd(node: Node) -> None:
-        if node.fd is not None and node.opens == 0:
-            os.close(node.fd)
 
     # -- removal ------------------------------------------------------------------------------
 
@@ -194,10 +189,23 @@ class Namespace:
         found, node = self._existing(parent, name)
         if found.is_dir:
             raise oserror(errno.EISDIR, name)
+        found = self._index_before_unlink(parent, name, found, node)
         self._remove(parent, name, found, node)
-        if node.nlink is not None:
-            node.nlink -= 1
+        tree.count_link(node, -1)
         return node
+
+    def _index_before_unlink(self, parent: Node, name: bytes, found: Resolved,
+                             node: Node) -> Resolved:
+        """A lower hardlink losing a name is copied up under that name and indexed first, so
+        its other names keep one inode and the right count (the kernel does so with index=on).
+        """
+        tree = self.tree
+        if node.origin is None or tree.index is None or node.origin in tree.index:
+            return found
+        tree.index_hardlink(node, parent, name, found.layer)
+        again = tree.resolve(parent, name)
+        assert again is not None
+        return again
 
     def rmdir(self, parent: Node, name: bytes) -> Node:
         tree = self.tree
@@ -217,10 +225,9 @@ class Namespace:
         prel = tree.upper_dir(parent)
         rel = join(prel, name)
         needs_whiteout = tree.stack.lower_positive(parent.dir_layers, prel, name)
-        if node.opens and node.fd is None and not node.is_dir:
-            node.fd = tree.layers[found.layer].open(rel, os.O_PATH)
+        tree.detach(node, parent, name, found.layer)
+        tree.changes += 1
         if tree.stack.is_upper(found.layer):
-            self._keep_other_links(node, parent, name)
             if found.is_dir:
                 self._clear_whiteouts(rel)
             self._remove_upper(prel, name, found.is_dir, needs_whiteout)
@@ -270,22 +277,6 @@ class Namespace:
         for entry in list(upper.scandir(rel)):
             os.unlink(join(rel, entry.name), dir_fd=upper.fd)
 
-    def _keep_other_links(self, node: Node, parent: Node, name: bytes) -> None:
-        """Before an upper hardlink goes, give a remaining lower-only alias the upper data."""
-        if node.is_dir or not node.aliases or not (node.parent is parent and node.name == name):
-            return
-        alias_parent, alias_name = node.aliases[-1]
-        tree = self.tree
-        aprel = tree.upper_dir(alias_parent)
-        arel = join(aprel, alias_name)
-        existing = tree.upper.lstat(arel)
-        if existing is not None and not whiteout.is_whiteout_stat(existing):
-            return
-        if existing is not None:
-            os.unlink(arel, dir_fd=tree.upper.fd)
-        os.link(node.path(), arel, src_dir_fd=tree.upper.fd, dst_dir_fd=tree.upper.fd,
-                follow_symlinks=False)
-
     # -- rename -------------------------------------------------------------------------------
 
     def rename(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes,
@@ -314,6 +305,8 @@ class Namespace:
                     dst.dir_layers, join(new_parent.path(), new_name)):
                 raise oserror(errno.ENOTEMPTY, new_name)
             dst_node = tree.node_for(new_parent, new_name, dst)
+            if not dst.is_dir:
+                dst = self._index_before_unlink(new_parent, new_name, dst, dst_node)
         tree.copy_up(src_node)
         oprel = tree.upper_dir(old_parent)
         nprel = tree.upper_dir(new_parent)
@@ -328,10 +321,9 @@ class Namespace:
         old, new = join(oprel, old_name), join(nprel, new_name)
         needs_whiteout = tree.stack.lower_positive(old_parent.dir_layers, oprel, old_name)
         dst_is_whiteout = dst is None and self._has_whiteout(nprel, new_name)
+        tree.changes += 1
         if dst is not None and dst_node is not None:
-            if dst_node.opens and dst_node.fd is None and not dst.is_dir:
-                dst_node.fd = tree.layers[dst.layer].open(
-                    join(new_parent.path(), new_name), os.O_PATH)
+            tree.detach(dst_node, new_parent, new_name, dst.layer)
             if dst.is_dir and tree.stack.is_upper(dst.layer):
                 self._clear_whiteouts(new)
         if src.is_dir and len(new_parent.dir_layers) > 1 and not whiteout.is_opaque(
@@ -353,8 +345,7 @@ class Namespace:
             if tree.stack.is_upper(dst.layer) and (dst.is_dir or dst.st.st_nlink <= 1):
                 tree.table.drop_key(dst_node, key_of(dst.st))
             dst_node.drop_link(new_parent, new_name)
-            if dst_node.nlink is not None:
-                dst_node.nlink -= 1
+            tree.count_link(dst_node, -1)
 
     def _rename_whiteout(self, old: bytes, new: bytes, oprel: bytes, old_name: bytes) -> None:
         ufd = self.tree.upper.fd

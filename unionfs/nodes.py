@@ -25,7 +25,7 @@ class Node:
     """One inode of the merged view."""
 
     __slots__ = ("aliases", "data_gen", "dir_layers", "fd", "ino", "is_dir", "keys", "layer",
-                 "lookups", "name", "nlink", "opens", "parent")
+                 "lookups", "name", "opens", "origin", "parent")
 
     def __init__(self, ino: int, parent: Node | None, name: bytes, layer: int,
                  dir_layers: tuple[int, ...], is_dir: bool) -> None:
@@ -42,11 +42,12 @@ class Node:
         self.keys: list[Key] = []
         self.opens = 0
         self.fd: int | None = None
-        """An fd on the data, kept while the node is unlinked but still open."""
+        """An fd on the data when no name reaches it: unlinked but open, or a hardlink whose
+        data lives in the hardlink index."""
         self.data_gen = 0
         """Bumped on copy-up, so handles opened on the lower copy can reopen the upper one."""
-        self.nlink: int | None = None
-        """The merged link count of a hardlink once it differs from any one layer's count."""
+        self.origin: Key | None = None
+        """For a lower hardlink: the lower identity its links share (the index key)."""
 
     def __repr__(self) -> str:
         return f"Node(ino={self.ino}, path={self.path()!r}, layer={self.layer})"
@@ -115,6 +116,8 @@ class InodeTable:
         self.by_key: dict[Key, Node] = {}
         self.ino_of_key: dict[Key, int] = {}
         """st_ino of copied-up files by their upper identity, kept for the mount's lifetime."""
+        self.origin_of: dict[Key, Key] = {}
+        """Lower hardlink identity of copied-up hardlinks, by their upper identity."""
         self._next_synthetic = _SYNTHETIC_BASE
 
     def __len__(self) -> int:
@@ -139,11 +142,12 @@ class InodeTable:
     def new_node(self, key: Key, parent: Node, name: bytes, layer: int,
                  dir_layers: tuple[int, ...], is_dir: bool) -> Node:
         """A node for a file seen for the first time (or again, after it was forgotten)."""
-        ino = self.ino_of_key.get(key) or self.policy.candidate(key)
+        ino = self.ino_of_key.get(key) or self.policy.candidate(self.origin_of.get(key, key))
         if ino <= ROOT_INO or ino in self.nodes:
             ino = self._next_synthetic
             self._next_synthetic += 1
         node = Node(ino, parent, name, layer, dir_layers, is_dir)
+        node.origin = self.origin_of.get(key)
         self.nodes[ino] = node
         self._register(node, key)
         return node

@@ -210,24 +210,14 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
         with fuse_errors("readdir"):
-            handle = self.fs.dir_handle(fh)
-            parent = handle.node
-            dots = ((b".", parent), (b"..", parent.parent or self.tree.root))
-            index = start_id
-            while index < 2:
-                name, node = dots[index]
-                if not pyfuse3.readdir_reply(token, name, self._entry(node), index + 1):
+            for entry in self.fs.readdir(fh, start_id):
+                attrs = self._entry(entry.node, entry.st)
+                if not pyfuse3.readdir_reply(token, entry.name, attrs, entry.offset + 1):
+                    if entry.counted and entry.node.lookups == 0:
+                        self.fs.forget(entry.node.ino, 0)
                     return
-                index += 1
-            for name, found in handle.entries[index - 2:]:
-                node = self.tree.node_for(parent, name, found)
-                st = found.st if node.layer == found.layer else None
-                if not pyfuse3.readdir_reply(token, name, self._entry(node, st), index + 1):
-                    if node.lookups == 0:
-                        self.fs.forget(node.ino, 0)
-                    return
-                self.tree.remember(node)
-                index += 1
+                if entry.counted:
+                    self.tree.remember(entry.node)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self.fs.releasedir(fh)

@@ -15,10 +15,12 @@ import stat
 from dataclasses import dataclass
 
 from unionfs.copyup import Copier, WorkDir
-from unionfs.layers import Layer
+from unionfs.hardlinks import HardlinkIndex
+from unionfs.layers import Layer, join
 from unionfs.merge import LayerStack, Resolved
 from unionfs.nodes import InodeTable, InoPolicy, Key, Node
 from unionfs.spec import MountSpec
+from unionfs.whiteout import proc_path
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,13 @@ class Tree:
         self.stack = LayerStack(layers, has_upper=spec.upper is not None, fmt=self.fmt)
         self.work: WorkDir | None = None
         self.copier: Copier | None = None
+        self.index: HardlinkIndex | None = None
         if spec.writable and spec.work is not None:
             self.work = WorkDir(spec.work)
             self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync)
+            self.index = HardlinkIndex(self.work.fd)
+        self.changes = 0
+        """Counts namespace changes, so stale directory snapshots can be noticed."""
         devices = tuple(dict.fromkeys(layer.dev for layer in layers))
         self.table = InodeTable(InoPolicy(devices))
         root = self.stack.root()
@@ -76,6 +82,8 @@ class Tree:
     def close(self) -> None:
         for layer in self.layers:
             layer.close()
+        if self.index is not None:
+            self.index.close()
         if self.work is not None:
             self.work.close()
 
@@ -119,8 +127,12 @@ class Tree:
         key = key_of(found.st)
         node = self.table.find(key)
         if node is None:
-            return self.table.new_node(key, parent, name, found.layer, found.dir_layers,
+            node = self.table.new_node(key, parent, name, found.layer, found.dir_layers,
                                        found.is_dir)
+            if (not found.is_dir and found.st.st_nlink > 1
+                    and not self.stack.is_upper(found.layer)):
+                self._attach_hardlink(node, key)
+            return node
         if node.is_dir:
             if node.parent is not parent or node.name != name:
                 # Two places show one directory (a bind mount inside a layer): two inodes.
@@ -129,9 +141,19 @@ class Tree:
             node.layer, node.dir_layers = found.layer, found.dir_layers
         elif node.parent is None:
             node.parent, node.name = parent, name
+            if node.fd is None and node.origin is not None and self.index is not None \
+                    and node.origin in self.index:
+                node.fd = self.index.open(node.origin)
         elif node.parent is not parent or node.name != name:
             node.add_alias(parent, name)
         return node
+
+    def _attach_hardlink(self, node: Node, key: Key) -> None:
+        """A lower hardlink: if the index holds its upper copy, that copy is its data."""
+        node.origin = key
+        if self.index is not None and key in self.index:
+            node.fd = self.index.open(key)
+            node.layer = 0
 
     def remember(self, node: Node) -> Node:
         """Count one kernel lookup of ``node`` (lookup, create, readdirplus, ...)."""
@@ -151,19 +173,25 @@ class Tree:
     def attr(self, node: Node, st: os.stat_result | None = None) -> Attr:
         if st is None:
             st = self.stat(node)
+        nlink = st.st_nlink
         if node.is_dir:
-            nlink = 1 if len(node.dir_layers) > 1 else st.st_nlink
+            if len(node.dir_layers) > 1:
+                nlink = 1  # as the kernel: counting subdirectories of a merge is not worth it
         elif node.parent is None:
             nlink = 0
-        elif node.nlink is not None:
-            nlink = node.nlink
-        else:
-            nlink = st.st_nlink
+        elif node.origin is not None and self.index is not None:
+            nlink = self.index.nlink(node.origin) or nlink
         return Attr(node.ino, st, nlink)
+
+    def locate(self, node: Node) -> tuple[bytes, bool]:
+        """A path reaching ``node``'s data, and whether its last component must be followed."""
+        if node.fd is not None:
+            return b"/proc/self/fd/%d" % node.fd, True
+        return proc_path(self.layers[node.layer].fd, node.path()), False
 
     def readlink(self, node: Node) -> bytes:
         if node.fd is not None:
-            return os.readlink(b"/proc/self/fd/%d" % node.fd)
+            return os.readlink(b"", dir_fd=node.fd)
         return self.layers[node.layer].readlink(node.path())
 
     def list_dir(self, node: Node) -> list[tuple[bytes, Resolved]]:
@@ -192,11 +220,60 @@ class Tree:
         log.debug("copied up %r from layer %d", rel, node.layer)
         if node.is_dir:
             node.dir_layers = (0, *node.dir_layers)
-        elif lower_st is not None and lower_st.st_nlink > 1 and node.nlink is None:
-            node.nlink = lower_st.st_nlink
+        elif node.origin is not None and lower_st is not None and self.index is not None:
+            self.index.add(node.origin, self.upper.fd, rel, lower_st.st_nlink)
+            self.table.origin_of[key_of(st)] = node.origin
         node.layer = 0
         node.data_gen += 1
         self.table.add_key(node, key_of(st))
+
+    def index_hardlink(self, node: Node, parent: Node, name: bytes, layer: int) -> None:
+        """Copy the lower hardlink ``node`` up under its name ``name`` and index it; from then
+        on its data is reached through the index."""
+        copier = self.require_writable()
+        assert node.origin is not None and self.index is not None
+        rel = join(self.upper_dir(parent), name)
+        lower_st = self.layers[layer].lstat(rel)
+        assert lower_st is not None
+        st = copier.copy(self.layers[layer], rel)
+        self.index.add(node.origin, self.upper.fd, rel, lower_st.st_nlink)
+        self.table.origin_of[key_of(st)] = node.origin
+        self.table.add_key(node, key_of(st))
+        if node.fd is None:
+            node.fd = self.index.open(node.origin)
+        node.layer = 0
+        node.data_gen += 1
+
+    def make_data_writable(self, node: Node, with_data: bool = True) -> None:
+        """Before a change to ``node``'s data or metadata: its data must be upper data.
+
+        A named node is copied up.  A node no name reaches any more (unlinked but open) whose
+        data is still the lower file gets an anonymous copy in the work dir, so the change
+        never touches the lower layer.
+        """
+        copier = self.require_writable()
+        if node.fd is None:
+            self.copy_up(node, with_data)
+        elif not self.is_upper(node):
+            node.fd = copier.copy_anonymous(node.fd)
+            node.layer = 0
+            node.data_gen += 1
+
+    def detach(self, node: Node, parent: Node, name: bytes, layer: int) -> None:
+        """The name ``name`` of ``node``, found in ``layer``, is about to go: keep the data
+        reachable through an fd when open handles or other names of a hardlink need it."""
+        if node.is_dir or node.fd is not None or node.parent is not parent or node.name != name:
+            return
+        index = self.index
+        if node.origin is not None and index is not None and node.origin in index:
+            if node.aliases or node.opens:
+                node.fd = index.open(node.origin)
+        elif node.opens:
+            node.fd = self.layers[layer].open(node.path(), os.O_PATH)
+
+    def count_link(self, node: Node, delta: int) -> None:
+        if node.origin is not None and self.index is not None:
+            self.index.adjust(node.origin, delta)
 
     def upper_dir(self, node: Node) -> bytes:
         """Copy up directory ``node`` and return its path in the upper layer."""

@@ -15,7 +15,6 @@ import os
 
 from unionfs.nodes import Node
 from unionfs.tree import Tree, oserror
-from unionfs.whiteout import proc_path
 
 
 class Xattrs:
@@ -40,34 +39,31 @@ class Xattrs:
             return None
         return real
 
-    def _path(self, node: Node) -> bytes:
-        if node.fd is not None:
-            return b"/proc/self/fd/%d" % node.fd
-        return proc_path(self.tree.layers[node.layer].fd, node.path())
-
     def get(self, node: Node, name: bytes) -> bytes:
-        return os.getxattr(self._path(node), self.real_name(name), follow_symlinks=False)
+        path, follow = self.tree.locate(node)
+        return os.getxattr(path, self.real_name(name), follow_symlinks=follow)
 
     def list(self, node: Node) -> list[bytes]:
-        names = os.listxattr(self._path(node), follow_symlinks=False)
+        path, follow = self.tree.locate(node)
+        names = os.listxattr(path, follow_symlinks=follow)
         shown = (self.shown_name(os.fsencode(n)) for n in names)
         return [n for n in shown if n is not None]
 
     def set(self, node: Node, name: bytes, value: bytes) -> None:
-        self.tree.require_writable()
-        if node.fd is None:
-            self.tree.copy_up(node)
-        os.setxattr(self._path(node), self.real_name(name), value, follow_symlinks=False)
+        self.tree.make_data_writable(node)
+        path, follow = self.tree.locate(node)
+        os.setxattr(path, self.real_name(name), value, follow_symlinks=follow)
 
     def remove(self, node: Node, name: bytes) -> None:
         tree = self.tree
         tree.require_writable()
         real = self.real_name(name)
-        if node.fd is None and not tree.is_upper(node):
+        if not tree.is_upper(node):
             self.get(node, name)  # ENODATA here leaves the lower file where it is
-            tree.copy_up(node)
+        tree.make_data_writable(node)
+        path, follow = tree.locate(node)
         try:
-            os.removexattr(self._path(node), real, follow_symlinks=False)
+            os.removexattr(path, real, follow_symlinks=follow)
         except OSError as exc:
             if exc.errno == errno.ENODATA:
                 raise oserror(errno.ENODATA, name) from None

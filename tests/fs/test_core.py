@@ -264,3 +264,33 @@ def test_work_dir_leftovers_are_recovered(make_union, tmp_path: Path) -> None:  
                         f"workdir={work}"], str(tmp_path / "m2")))
     fs.close()
     assert list((work / "work").iterdir()) == []
+
+
+def test_hardlink_index_keeps_links_together(make_union) -> None:  # type: ignore[no-untyped-def]
+    u = make_union({"a": b"one", "d/": Dir(), "d/b": HardLink("a"), "c": HardLink("a")})
+    root = u.tree.root
+    u.fs.names.unlink(u.node("d"), b"b")  # a lower name goes: index the upper copy first
+    assert is_whiteout_stat(u.upper_stat("d/b"))
+    assert u.tree.attr(u.node("a")).nlink == 2
+    u.write("c", b"ONE")
+    assert u.read("a") == b"ONE"
+    u.fs.names.link(u.node("a"), root, b"e")
+    assert u.tree.attr(u.node("c")).nlink == 3
+    u.fs.names.unlink(root, b"a")
+    u.fs.names.unlink(root, b"c")
+    assert u.read("e") == b"ONE"
+    assert u.tree.attr(u.node("e")).nlink == 1
+
+
+def test_changing_an_unlinked_open_lower_file_never_touches_the_lower(make_union) -> None:  # type: ignore[no-untyped-def]
+    u = make_union({"f": b"lower data"})
+    node = u.node("f")
+    fh = u.fs.files.open(node, os.O_RDONLY, ROOT)
+    u.fs.names.unlink(u.tree.root, b"f")
+    u.fs.files.setattr(node, AttrChange(mode=0o600), fh, ROOT)
+    assert stat.S_IMODE(u.tree.attr(node).st.st_mode) == 0o600
+    wh = u.fs.files.open(node, os.O_RDWR, ROOT)
+    u.fs.files.write(wh, 0, b"LOWER")
+    assert u.fs.files.read(fh, 0, 100) == b"LOWER data"
+    u.fs.files.release(wh)
+    u.fs.files.release(fh)
