@@ -1,0 +1,183 @@
+"""Run cases (a generated stack + an op sequence) on two mounts side by side and compare.
+
+To keep a run cheap, one pair of mounts serves a whole *batch* of cases with the same number of
+lowers: case ``k`` lives in directory ``c<k>`` of every layer (a merged directory, exactly like
+a mount's root), operates only below it (symlink targets never climb, see model.py) and is
+compared only there.  Per case: compare the initial trees, then for every operation compare
+its outcome (errno, observed value) and both whole trees, finally close all handles and compare
+the two uppers' ``c<k>``.  If a mount dies, the rest of the batch moves to fresh mounts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .build import build_layer
+from .model import Stack, TreeGenerator
+from .mounts import Mounted, Mounter
+from .opgen import OpGenerator
+from .ops import Context, Op
+from .snapshot import Difference, diff, snapshot
+
+
+@dataclass(frozen=True)
+class Case:
+    seed: int
+    stack: Stack
+    ops: tuple[Op, ...]
+    keep: tuple[int, ...] = ()
+    """Indices of ``ops`` in the seed's full sequence (for the reproducer command)."""
+
+    def with_ops(self, keep: Sequence[int], full: Sequence[Op]) -> Case:
+        return dataclasses.replace(self, ops=tuple(full[i] for i in keep), keep=tuple(keep))
+
+
+def make_case(seed: int, nops: int, *, wh_names: bool = True) -> Case:
+    """The case of ``seed``: 2..4 lowers, maybe an upper, ``nops`` operations."""
+    rng = random.Random(seed)
+    stack = TreeGenerator(rng, wh_names=wh_names).stack(rng.randint(2, 4))
+    ops = OpGenerator(rng, stack).sequence(nops)
+    return Case(seed, stack, tuple(ops), tuple(range(nops)))
+
+
+class Failure(NamedTuple):
+    case: Case
+    step: int
+    """Index into ``case.ops``; -1 before any op, ``len(ops)`` for the final upper check."""
+    stage: str
+    """"initial", "result", "tree", "upper" or "mount"."""
+    difference: Difference
+
+    def signature(self) -> tuple[str, str, str]:
+        op = self.case.ops[self.step] if 0 <= self.step < len(self.case.ops) else None
+        kind = type(op).__name__ if op is not None and self.stage == "result" else ""
+        return self.stage, self.difference.field, kind
+
+
+def op_paths(ops: Sequence[Op]) -> list[str]:
+    out = []
+    for op in ops:
+        for f in dataclasses.fields(op):
+            if f.name in ("path", "src", "dst"):
+                out.append(getattr(op, f.name))
+    return out
+
+
+class Side(NamedTuple):
+    base: str
+    mounter: Mounter
+
+    def layer(self, i: int) -> str:
+        return os.path.join(self.base, f"l{i}")
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.base, "u")
+
+    @property
+    def mnt(self) -> str:
+        return os.path.join(self.base, "m")
+
+
+class Batch:
+    """Run ``cases`` (all with the same number of lowers) on fresh mounts of ``a`` and ``b``."""
+
+    def __init__(self, a: Mounter, b: Mounter, workdir: str | None = None,
+                 ignore: frozenset[str] = frozenset()) -> None:
+        self.mounters = (a, b)
+        self.workdir = workdir
+        self.ignore = ignore
+        self.problems: list[str] = []
+        """Teardown problems (unclean unmount, bad exit status): the runner reports them."""
+
+    def run(self, cases: Sequence[Case], *, probes: bool = True) -> list[Failure | None]:
+        results: list[Failure | None] = []
+        while len(results) < len(cases):
+            results.extend(self.run_some(cases[len(results):], probes))
+        return results
+
+    def run_some(self, cases: Sequence[Case], probes: bool) -> list[Failure | None]:
+        """Run cases until one kills a mount; return results for those that ran."""
+        base = tempfile.mkdtemp(prefix="difftest-", dir=self.workdir)
+        try:
+            sides = [Side(os.path.join(base, n), m) for n, m in zip("ab", self.mounters,
+                                                                    strict=True)]
+            for side in sides:
+                prepare(side, cases)
+            results: list[Failure | None] = []
+            with self.mounted(sides) as mounts:
+                for k, case in enumerate(cases):
+                    results.append(run_case(case, f"c{k}", sides, probes, self.ignore))
+                    if not all(m.alive() for m in mounts):
+                        if results[-1] is None:
+                            results[-1] = Failure(case, len(case.ops), "mount",
+                                                  Difference("", "alive", True, False))
+                        break
+            return results
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    @contextmanager
+    def mounted(self, sides: list[Side]) -> Iterator[list[Mounted]]:
+        with ExitStack() as stack:
+            mounts = []
+            for side in sides:
+                nlayers = len([n for n in os.listdir(side.base) if n.startswith("l")])
+                lowers = [side.layer(i) for i in range(nlayers)]
+                work = os.path.join(side.base, "w")
+                mount = side.mounter.mount(lowers, side.upper, work, side.mnt)
+                stack.callback(self.teardown, side.mounter.name, mount)
+                mounts.append(mount)
+            yield mounts
+
+    def teardown(self, name: str, mount: Mounted) -> None:
+        problem = mount.unmount()
+        if problem:
+            self.problems.append(f"{name}: {problem}")
+
+
+def prepare(side: Side, cases: Sequence[Case]) -> None:
+    nlowers = len(cases[0].stack.lowers)
+    for name in ("u", "w", "m", *(f"l{i}" for i in range(nlowers))):
+        os.makedirs(os.path.join(side.base, name))
+    for k, case in enumerate(cases):
+        assert len(case.stack.lowers) == nlowers, "a batch needs one number of lowers"
+        for i, layer in enumerate(case.stack.lowers):
+            build_layer(side.layer(i), layer, prefix=f"c{k}")
+        if case.stack.upper:
+            build_layer(side.upper, case.stack.upper, prefix=f"c{k}")
+
+
+def run_case(case: Case, label: str, sides: list[Side], probes: bool,
+             ignore: frozenset[str] = frozenset()) -> Failure | None:
+    a, b = (Context(os.path.join(s.mnt, label)) for s in sides)
+    probe_paths = sorted(set(op_paths(case.ops))) if probes else []
+
+    def compare() -> Difference | None:
+        return diff(snapshot(a.root, probes=probe_paths), snapshot(b.root, probes=probe_paths),
+                    ignore)
+
+    try:
+        if d := compare():
+            return Failure(case, -1, "initial", d)
+        for step, op in enumerate(case.ops):
+            oa, ob = op.run(a), op.run(b)
+            if oa != ob:
+                return Failure(case, step, "result", Difference(str(op), "outcome", oa, ob))
+            if d := compare():
+                return Failure(case, step, "tree", d)
+    finally:
+        a.close_all()
+        b.close_all()
+    ua, ub = (os.path.join(s.upper, label) for s in sides)
+    if d := diff(snapshot(ua, upper=True), snapshot(ub, upper=True), ignore):
+        return Failure(case, len(case.ops), "upper", d)
+    return None

@@ -1,0 +1,120 @@
+"""The campaign driver behind ``scripts/difftest.py`` and the pytest entries.
+
+``run_campaign`` generates the cases of a seed range, groups them by number of lowers into
+batches (one pair of mounts per batch), runs them, shrinks each failure and returns the shrunk
+failures plus any teardown problems.  ``main`` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .harness import Batch, Case, Failure, make_case
+from .mounts import KernelOverlay, Mounter, Unionfs
+from .report import format_failure
+from .shrink import shrink
+
+
+@dataclass
+class Outcome:
+    failures: list[Failure] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    cases: int = 0
+    seconds: float = 0.0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-299"``, ``"5"``, ``"1,4,10-12"`` -> a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds.extend(range(int(lo), int(hi or lo) + 1))
+    return seeds
+
+
+def batches(cases: Sequence[Case], size: int) -> list[list[Case]]:
+    groups: dict[int, list[Case]] = {}
+    for case in cases:
+        groups.setdefault(len(case.stack.lowers), []).append(case)
+    return [g[i:i + size] for _, g in sorted(groups.items()) for i in range(0, len(g), size)]
+
+
+def run_campaign(
+    cases: Sequence[Case], a: Mounter, b: Mounter, *, nops: int, batch_size: int = 100,
+    shrink_failures: bool = True, max_failures: int = 10, probes: bool = True,
+    workdir: str | None = None, log: bool = False, ignore: frozenset[str] = frozenset(),
+) -> Outcome:
+    start = time.monotonic()
+    runner = Batch(a, b, workdir, ignore)
+    out = Outcome(cases=len(cases))
+    for group in batches(cases, batch_size):
+        for failure in runner.run(group, probes=probes):
+            if failure is None:
+                continue
+            if log:
+                print(f"difftest: seed {failure.case.seed} differs ({failure.stage}: "
+                      f"{failure.difference}); shrinking", file=sys.stderr, flush=True)
+            if shrink_failures and failure.stage != "mount":
+                full = make_case(failure.case.seed, nops).ops
+                failure = shrink(failure, full, lambda cs: runner.run(cs, probes=probes))
+            out.failures.append(failure)
+            if len(out.failures) >= max_failures:
+                break
+        if len(out.failures) >= max_failures:
+            break
+    out.problems = runner.problems
+    out.seconds = time.monotonic() - start
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Differential test: kernel overlayfs vs unionfs.")
+    p.add_argument("--seeds", default="0-299", help="seed range/list, e.g. 0-5000 or 3,7,10-20")
+    p.add_argument("--ops", type=int, default=30, help="operations per sequence")
+    p.add_argument("--against", choices=("unionfs", "kernel"), default="unionfs",
+                   help="side b: unionfs (default) or a second kernel overlay (self-test)")
+    p.add_argument("--keep-ops", default=None,
+                   help="replay only these op indices (comma list) of each seed's sequence")
+    p.add_argument("--batch", type=int, default=100, help="cases per pair of mounts")
+    p.add_argument("--max-failures", type=int, default=10)
+    p.add_argument("--no-shrink", action="store_true")
+    p.add_argument("--no-probes", action="store_true", help="skip lstat of unlisted op paths")
+    p.add_argument("--no-wh-names", action="store_true", help="no '.wh.*' names in layers")
+    p.add_argument("--ignore", action="append", default=[], metavar="FIELD",
+                   help="skip a compared field (mode, nlink, mtime, extra, xattrs, ...) or "
+                        "'dir-mtime', to look past a known difference; repeatable")
+    p.add_argument("--workdir", default=None, help="where the layer copies go (default /tmp)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cases = [make_case(s, args.ops, wh_names=not args.no_wh_names)
+             for s in parse_seeds(args.seeds)]
+    if args.keep_ops is not None:
+        keep = [int(i) for i in args.keep_ops.split(",") if i.strip()]
+        cases = [c.with_ops(keep, c.ops) for c in cases]
+    b: Mounter = Unionfs() if args.against == "unionfs" else KernelOverlay(name="kernel-b")
+    kernel = KernelOverlay()
+    out = run_campaign(
+        cases, kernel, b, nops=args.ops, batch_size=args.batch,
+        shrink_failures=not args.no_shrink, max_failures=args.max_failures,
+        probes=not args.no_probes, workdir=args.workdir, log=True,
+        ignore=frozenset(args.ignore),
+    )
+    flags = "".join(f" --ignore {f}" for f in args.ignore)
+    flags += " --no-wh-names" if args.no_wh_names else ""
+    for failure in out.failures:
+        print(format_failure(failure, nops=args.ops, against=args.against, flags=flags),
+              flush=True)
+    for problem in out.problems:
+        print(f"PROBLEM {problem}")
+    index = "index=on" if kernel.index else "index=off (kernel refused index=on)"
+    print(f"difftest: {out.cases} sequences x {args.ops} ops, kernel ({index}) vs "
+          f"{args.against}: {len(out.failures)} differences, {len(out.problems)} problems, "
+          f"{out.seconds:.1f}s")
+    return 1 if out.failures or out.problems else 0
