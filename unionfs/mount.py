@@ -36,6 +36,12 @@ def fuse_options(spec: MountSpec) -> set[str]:
         options.add("ro")
     if spec.debug:
         options.add("debug")
+    if os.geteuid() == 0:
+        # Like kernel overlayfs (and unlike libfuse's default), a root mount honours device
+        # nodes and set-ID bits: a container rootfs needs both.  nodev/nosuid still apply.
+        flags = set(spec.fuse_flags)
+        options.update(flag for flag, opposite in (("dev", "nodev"), ("suid", "nosuid"))
+                       if opposite not in flags)
     options.update(spec.fuse_flags)
     return options
 

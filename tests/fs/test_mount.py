@@ -6,8 +6,10 @@ import errno
 import mmap
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,9 @@ def public_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def layers(public_tmp: Path) -> dict[str, Path]:
+def layers(public_tmp: Path) -> Iterator[dict[str, Path]]:
+    """Two lower layers (checked unchanged after the test), an upper, a work dir, a mountpoint.
+    """
     tmp_path = public_tmp
     top = make_tree(tmp_path / "top", {
         "etc/": Dir(), "etc/hostname": b"top\n", "gone": Whiteout(),
@@ -45,8 +49,10 @@ def layers(public_tmp: Path) -> dict[str, Path]:
     })
     for sub in ("upper", "work", "mnt"):
         (tmp_path / sub).mkdir()
-    return {"top": top, "base": base, "upper": tmp_path / "upper", "work": tmp_path / "work",
-            "mnt": tmp_path / "mnt"}
+    hashes = [tree_hash(top), tree_hash(base)]
+    yield {"top": top, "base": base, "upper": tmp_path / "upper", "work": tmp_path / "work",
+           "mnt": tmp_path / "mnt"}
+    assert [tree_hash(top), tree_hash(base)] == hashes, "a lower layer was modified"
 
 
 def mount(layers: dict[str, Path], **kw: object):  # type: ignore[no-untyped-def]
@@ -54,8 +60,7 @@ def mount(layers: dict[str, Path], **kw: object):  # type: ignore[no-untyped-def
                          layers["work"], **kw)  # type: ignore[arg-type]
 
 
-def test_merged_tree_and_lowers_untouched(layers: dict[str, Path]) -> None:
-    hashes = [tree_hash(layers["top"]), tree_hash(layers["base"])]
+def test_merged_tree(layers: dict[str, Path]) -> None:
     with mount(layers) as m:
         mnt = m.path
         assert sorted(os.listdir(mnt)) == ["bin", "etc", "lib", "link", "opq"]
@@ -68,7 +73,6 @@ def test_merged_tree_and_lowers_untouched(layers: dict[str, Path]) -> None:
         (mnt / "etc/passwd").write_bytes(b"changed\n")
         (mnt / "etc/hostname").unlink()
         subprocess.run(["rm", "-rf", str(mnt / "lib")], check=True)
-    assert [tree_hash(layers["top"]), tree_hash(layers["base"])] == hashes
     up = layers["upper"]
     assert (up / "etc/passwd").read_bytes() == b"changed\n"
     assert stat.S_ISCHR(os.lstat(up / "etc/hostname").st_mode)
@@ -163,3 +167,32 @@ def test_statfs_is_the_upper(layers: dict[str, Path]) -> None:
     with mount(layers) as m:
         ours, upper = os.statvfs(m.path), os.statvfs(layers["upper"])
         assert ours.f_blocks == upper.f_blocks and ours.f_bsize == upper.f_bsize
+
+
+def test_special_files(layers: dict[str, Path]) -> None:
+    with mount(layers) as m:
+        mnt = m.path
+        os.mkfifo(mnt / "fifo")
+        os.mknod(mnt / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(mnt / "sock"))
+        with pytest.raises(PermissionError):
+            os.mknod(mnt / "fake-whiteout", 0o600 | stat.S_IFCHR, 0)
+        kinds = {name: stat.S_IFMT(os.lstat(mnt / name).st_mode)
+                 for name in ("fifo", "null", "sock")}
+        assert kinds == {"fifo": stat.S_IFIFO, "null": stat.S_IFCHR, "sock": stat.S_IFSOCK}
+        assert os.lstat(mnt / "null").st_rdev == os.makedev(1, 3)
+        assert (mnt / "null").read_bytes() == b""
+
+
+def test_daemon_mode_returns_once_mounted(layers: dict[str, Path]) -> None:
+    opts = (f"lowerdir={layers['top']}:{layers['base']},upperdir={layers['upper']},"
+            f"workdir={layers['work']}")
+    res = subprocess.run([sys.executable, "-m", "unionfs", "-o", opts, str(layers["mnt"])],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert (layers["mnt"] / "etc/hostname").read_bytes() == b"top\n"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(layers["mnt"])], check=True)
+    assert not os.path.ismount(layers["mnt"])
