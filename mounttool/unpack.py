@@ -88,6 +88,7 @@ class _Whiteout:
     name: bytes
     uid: int
     gid: int
+    times: tuple[int, int]
 
 
 class _Unpacker:
@@ -138,15 +139,16 @@ class _Unpacker:
                                     "directory") from None
 
     def _implicit_dir(self, fd: int, parts: Parts) -> None:
+        """A directory the tar did not describe: like the lower layer's, else root 0755 at
+        time 0 (deterministic: the same tar always unpacks to the same tree)."""
         st = lower_dir_stat(self.opts.lowers, parts)
-        if st is None:
-            os.fchmod(fd, 0o755)
-            return
-        if self.opts.same_owner:
-            os.fchown(fd, st.st_uid, st.st_gid)
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
         ti = tarfile.TarInfo(b"/".join(parts).decode("utf-8", "surrogateescape"))
-        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, stat.S_IMODE(st.st_mode), st.st_mtime
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 0
+        if st is not None:
+            if self.opts.same_owner:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            ti.mode, ti.mtime = stat.S_IMODE(st.st_mode), st.st_mtime_ns / 1e9
+        os.fchmod(fd, ti.mode)
         self.dirs.setdefault(parts, ti)
 
     # -- entries -------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class _Unpacker:
         hidden = parts[-1][len(WHITEOUT_PREFIX):]
         if hidden in (b"", b".", b"..") or hidden.startswith(WHITEOUT_PREFIX):
             raise CorruptLayerError(f"layer entry {show(parts)!r}: invalid whiteout name")
-        self.whiteouts.append(_Whiteout(parts[:-1], hidden, ti.uid, ti.gid))
+        self.whiteouts.append(_Whiteout(parts[:-1], hidden, ti.uid, ti.gid, times(ti)))
 
     def _apply_at(self, pfd: int, parts: Parts, ti: tarfile.TarInfo,
                   tar: tarfile.TarFile) -> None:
@@ -325,6 +327,7 @@ class _Unpacker:
                 make_whiteout(pfd, wh.name, fmt)
                 if self.opts.same_owner:
                     os.chown(wh.name, wh.uid, wh.gid, dir_fd=pfd, follow_symlinks=False)
+                os.utime(wh.name, ns=wh.times, dir_fd=pfd, follow_symlinks=False)
             elif stat.S_ISDIR(st.st_mode):
                 set_opaque(pfd, wh.name, fmt)
                 self.opaque.add((*wh.parent, wh.name))
@@ -371,6 +374,7 @@ def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
     parent_fd = os.open(dest.parent, DIR_FLAGS)
     try:
         unpacker = _Unpacker(root_fd, parent_fd, os.fsencode(dest.name), opts)
+        unpacker._implicit_dir(root_fd, ())
         for ti, tar in iter_members(tracker, what):
             unpacker.apply(ti, tar)
         diff_id = verifier.verify()
