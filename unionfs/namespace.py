@@ -286,10 +286,13 @@ class Namespace:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise oserror(errno.EINVAL)
         src, src_node = self._existing(old_parent, old_name)
-        dst = tree.resolve(new_parent, new_name)
         if flags & RENAME_EXCHANGE:
-            raise oserror(errno.EINVAL)  # not supported yet
-        if src.is_dir and not (tree.stack.is_upper(src.layer) and len(src.dir_layers) == 1):
+            if flags & RENAME_NOREPLACE:
+                raise oserror(errno.EINVAL)
+            self._exchange(old_parent, old_name, src, src_node, new_parent, new_name)
+            return
+        dst = tree.resolve(new_parent, new_name)
+        if src.is_dir and not self._movable(src):
             raise oserror(errno.EXDEV, old_name)
         dst_node: Node | None = None
         if dst is not None:
@@ -312,6 +315,34 @@ class Namespace:
         nprel = tree.upper_dir(new_parent)
         self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent, new_parent)
         src_node.move_link(old_parent, old_name, new_parent, new_name)
+
+    def _movable(self, found: Resolved) -> bool:
+        """Directories that draw from a lower layer stay where they are (no redirect_dir)."""
+        return not found.is_dir or (self.tree.stack.is_upper(found.layer)
+                                    and len(found.dir_layers) == 1)
+
+    def _exchange(self, old_parent: Node, old_name: bytes, src: Resolved, src_node: Node,
+                  new_parent: Node, new_name: bytes) -> None:
+        """renameat2(RENAME_EXCHANGE): both names stay taken, so no whiteout is needed."""
+        tree = self.tree
+        dst, dst_node = self._existing(new_parent, new_name)
+        if not (self._movable(src) and self._movable(dst)):
+            raise oserror(errno.EXDEV)
+        if key_of(src.st) == key_of(dst.st):
+            return
+        tree.copy_up(src_node)
+        tree.copy_up(dst_node)
+        oprel, nprel = tree.upper_dir(old_parent), tree.upper_dir(new_parent)
+        old, new = join(oprel, old_name), join(nprel, new_name)
+        ufd = tree.upper.fd
+        for found, path, parent in ((src, old, new_parent), (dst, new, old_parent)):
+            if found.is_dir and len(parent.dir_layers) > 1 and not whiteout.is_opaque(
+                    ufd, path, tree.fmt):
+                whiteout.set_opaque(ufd, path, tree.fmt)
+        renameat2(ufd, old, ufd, new, RENAME_EXCHANGE)
+        tree.changes += 1
+        src_node.move_link(old_parent, old_name, new_parent, new_name)
+        dst_node.move_link(new_parent, new_name, old_parent, old_name)
 
     def _move(self, src: Resolved, dst: Resolved | None, dst_node: Node | None, oprel: bytes,
               old_name: bytes, nprel: bytes, new_name: bytes, old_parent: Node,

@@ -15,6 +15,7 @@ from unionfs.core import UnionFS
 from unionfs.files import AttrChange
 from unionfs.nodes import Node
 from unionfs.spec import parse
+from unionfs.syscalls import RENAME_EXCHANGE
 from unionfs.tree import Caller
 from unionfs.whiteout import is_opaque, is_whiteout_stat
 
@@ -294,3 +295,14 @@ def test_changing_an_unlinked_open_lower_file_never_touches_the_lower(make_union
     assert u.fs.files.read(fh, 0, 100) == b"LOWER data"
     u.fs.files.release(wh)
     u.fs.files.release(fh)
+
+
+def test_rename_exchange_swaps_across_layers(make_union) -> None:  # type: ignore[no-untyped-def]
+    u = make_union({"a": b"lower-a"}, upper={"b": b"upper-b"})
+    root = u.tree.root
+    u.fs.names.rename(root, b"a", root, b"b", RENAME_EXCHANGE)
+    assert (u.read("a"), u.read("b")) == (b"upper-b", b"lower-a")
+    assert u.listing() == ["a", "b"]
+    with pytest.raises(OSError) as exc:
+        u.fs.names.rename(root, b"a", root, b"missing", RENAME_EXCHANGE)
+    assert exc.value.errno == errno.ENOENT
