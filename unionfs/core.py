@@ -50,7 +50,7 @@ class UnionFS:
         self.spec = spec
         self.tree = Tree(spec)
         self.names = Namespace(self.tree)
-        self.files = Files(self.tree)
+        self.files = Files(self.tree, writeback=spec.writeback)
         self.xattrs = Xattrs(self.tree)
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1

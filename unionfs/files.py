@@ -61,8 +61,11 @@ def _kill_setid(fd: int) -> None:
 class Files:
     """The open-file table of a mount."""
 
-    def __init__(self, tree: Tree) -> None:
+    def __init__(self, tree: Tree, writeback: bool = False) -> None:
         self.tree = tree
+        self.writeback = writeback
+        """With the kernel's writeback cache, the kernel reads pages back through write-only
+        handles and places appends itself: real fds are opened read-write, without O_APPEND."""
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
 
@@ -79,8 +82,17 @@ class Files:
         except KeyError:
             raise oserror(errno.EBADF) from None
 
-    def _open_real(self, node: Node, flags: int) -> int:
+    def real_flags(self, flags: int) -> int:
+        """The flags a real fd is opened with for a handle opened with ``flags``."""
         flags &= ~_OPEN_DROP
+        if self.writeback:
+            flags &= ~os.O_APPEND
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return flags
+
+    def _open_real(self, node: Node, flags: int) -> int:
+        flags = self.real_flags(flags)
         if node.fd is not None:
             return os.open(b"/proc/self/fd/%d" % node.fd, flags | os.O_CLOEXEC)
         return self.tree.layers[node.layer].open(node.path(), flags)

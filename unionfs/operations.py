@@ -53,6 +53,7 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.tree = fs.tree
         self.timeout = fs.spec.timeout
+        self.enable_writeback_cache = fs.spec.writeback
 
     def _entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.tree.attr(node, st), self.timeout)
@@ -171,7 +172,8 @@ class Operations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         with fuse_errors("create"):
             who = caller(ctx)
-            node, fd = self.fs.names.create(self.fs.node(parent_inode), name, mode, flags, who)
+            node, fd = self.fs.names.create(self.fs.node(parent_inode), name, mode,
+                                            self.fs.files.real_flags(flags), who)
             fh = self.fs.files.adopt(node, fd, flags, who)
             return pyfuse3.FileInfo(fh=fh), self._new_entry(node)
 

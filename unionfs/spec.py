@@ -50,6 +50,8 @@ class MountSpec:
     debug: bool = False
     fsync: bool = True
     timeout: float = 300.0
+    writeback: bool = False
+    """Kernel writeback cache: small writes are batched in the page cache."""
     whiteout: WhiteoutFormat = KERNEL_FORMAT
     fuse_flags: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -106,7 +108,7 @@ def parse(option_strings: list[str], mountpoint: str, is_root: bool | None = Non
     warnings: list[str] = []
     for item in _split_options(option_strings):
         key, eq, value = item.partition("=")
-        if key in ("lowerdir", "upperdir", "workdir", "fsync", "timeout"):
+        if key in ("lowerdir", "upperdir", "workdir", "fsync", "timeout", "writeback"):
             if not eq or not value:
                 raise SpecError(f"option '{key}' needs a value")
             values[key] = value
@@ -131,7 +133,8 @@ def parse(option_strings: list[str], mountpoint: str, is_root: bool | None = Non
     timeout = _number(values.get("timeout", "300"), "timeout")
     if "suppress_timeouts" in flags:
         timeout = 0.0
-    fsync = values.get("fsync", "1") not in ("0", "off", "no") and "volatile" not in flags
+    fsync = _switch(values.get("fsync", "1"), "fsync") and "volatile" not in flags
+    writeback = _switch(values.get("writeback", "0"), "writeback")
     fmt = USERXATTR_FORMAT if "userxattr" in flags or not is_root else KERNEL_FORMAT
     if not is_root and upper is not None:
         fmt = WhiteoutFormat(fmt.xattr_prefix, dot_wh=True)
@@ -146,12 +149,21 @@ def parse(option_strings: list[str], mountpoint: str, is_root: bool | None = Non
         debug="debug" in flags,
         fsync=fsync,
         timeout=timeout,
+        writeback=writeback,
         whiteout=fmt,
         fuse_flags=tuple(fuse_flags),
         warnings=tuple(warnings),
     )
     check(spec)
     return spec
+
+
+def _switch(text: str, name: str) -> bool:
+    if text in ("1", "on", "yes", "true"):
+        return True
+    if text in ("0", "off", "no", "false"):
+        return False
+    raise SpecError(f"option '{name}={text}' must be 0 or 1")
 
 
 def _number(text: str, name: str) -> float:

@@ -11,12 +11,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-from support.mounted import kernel_overlay, unionfs_mount
+from support.mounted import Mounted, kernel_overlay, unionfs_mount
 from support.trees import Dir, File, HardLink, Symlink, Whiteout, make_tree, read_tree, tree_hash
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
@@ -55,13 +56,27 @@ def layers(public_tmp: Path) -> Iterator[dict[str, Path]]:
     assert [tree_hash(top), tree_hash(base)] == hashes, "a lower layer was modified"
 
 
-def mount(layers: dict[str, Path], **kw: object):  # type: ignore[no-untyped-def]
-    return unionfs_mount(layers["mnt"], [layers["top"], layers["base"]], layers["upper"],
-                         layers["work"], **kw)  # type: ignore[arg-type]
+@pytest.fixture(params=["writeback=0", "writeback=1"])
+def cache_mode(request: pytest.FixtureRequest) -> str:
+    """Every mount test runs without and with the kernel's writeback cache."""
+    return str(request.param)
 
 
-def test_merged_tree(layers: dict[str, Path]) -> None:
-    with mount(layers) as m:
+MountFn = Callable[[], AbstractContextManager[Mounted]]
+Layers = dict[str, Path]
+
+
+@pytest.fixture
+def mount(layers: Layers, cache_mode: str) -> MountFn:
+    """Mount the test layers (top, base) with the test's upper and work dirs."""
+    def mounter() -> AbstractContextManager[Mounted]:
+        return unionfs_mount(layers["mnt"], [layers["top"], layers["base"]], layers["upper"],
+                             layers["work"], extra=[cache_mode])
+    return mounter
+
+
+def test_merged_tree(layers: Layers, mount: MountFn) -> None:
+    with mount() as m:
         mnt = m.path
         assert sorted(os.listdir(mnt)) == ["bin", "etc", "lib", "link", "opq"]
         assert (mnt / "etc/hostname").read_bytes() == b"top\n"
@@ -79,8 +94,9 @@ def test_merged_tree(layers: dict[str, Path]) -> None:
     assert os.lstat(up / "lib").st_rdev == 0 and stat.S_ISCHR(os.lstat(up / "lib").st_mode)
 
 
-def test_kernel_overlay_reads_what_unionfs_wrote(layers: dict[str, Path], tmp_path: Path) -> None:
-    with mount(layers) as m:
+def test_kernel_overlay_reads_what_unionfs_wrote(layers: Layers, mount: MountFn,
+                                                 tmp_path: Path) -> None:
+    with mount() as m:
         mnt = m.path
         (mnt / "etc/new").write_bytes(b"new")
         (mnt / "gone2").mkdir()
@@ -95,7 +111,8 @@ def test_kernel_overlay_reads_what_unionfs_wrote(layers: dict[str, Path], tmp_pa
         assert read_tree(kmnt) == seen
 
 
-def test_unionfs_reads_what_kernel_overlay_wrote(layers: dict[str, Path], tmp_path: Path) -> None:
+def test_unionfs_reads_what_kernel_overlay_wrote(layers: Layers, mount: MountFn,
+                                                 tmp_path: Path) -> None:
     lowers = [layers["top"], layers["base"]]
     with kernel_overlay(tmp_path / "kmnt", lowers, layers["upper"], layers["work"]) as kmnt:
         (kmnt / "etc/hostname").write_bytes(b"kernel\n")
@@ -104,12 +121,12 @@ def test_unionfs_reads_what_kernel_overlay_wrote(layers: dict[str, Path], tmp_pa
         (kmnt / "lib").mkdir()
         (kmnt / "lib/c.so").write_bytes(b"c")
         expected = read_tree(kmnt)
-    with mount(layers) as m:
+    with mount() as m:
         assert read_tree(m.path) == expected
 
 
-def test_mmap_append_and_unlinked_open_files(layers: dict[str, Path]) -> None:
-    with mount(layers) as m:
+def test_mmap_append_and_unlinked_open_files(layers: Layers, mount: MountFn) -> None:
+    with mount() as m:
         mnt = m.path
         path = mnt / "etc/passwd"
         with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
@@ -129,8 +146,8 @@ def test_mmap_append_and_unlinked_open_files(layers: dict[str, Path]) -> None:
         assert not (mnt / "etc/hostname").exists()
 
 
-def test_errors_match_the_kernel(layers: dict[str, Path]) -> None:
-    with mount(layers) as m:
+def test_errors_match_the_kernel(layers: Layers, mount: MountFn) -> None:
+    with mount() as m:
         mnt = m.path
         with pytest.raises(OSError) as exc:
             os.rmdir(mnt / "etc")
@@ -142,8 +159,8 @@ def test_errors_match_the_kernel(layers: dict[str, Path]) -> None:
             os.stat(mnt / "gone")
 
 
-def test_non_root_caller_owns_new_files_and_loses_setuid(layers: dict[str, Path]) -> None:
-    with mount(layers) as m:
+def test_non_root_caller_owns_new_files_and_loses_setuid(layers: Layers, mount: MountFn) -> None:
+    with mount() as m:
         mnt = m.path
         os.chmod(mnt, 0o777)
         os.chown(mnt / "bin/sh", 1000, 1000)
@@ -155,7 +172,7 @@ def test_non_root_caller_owns_new_files_and_loses_setuid(layers: dict[str, Path]
         assert out.stdout.split("\n")[:2] == ["1000 1000 644", "1000 1000 755"]
 
 
-def test_read_only_mount(layers: dict[str, Path]) -> None:
+def test_read_only_mount(layers: Layers, mount: MountFn) -> None:
     with unionfs_mount(layers["mnt"], [layers["top"], layers["base"]]) as m:
         with pytest.raises(OSError) as exc:
             (m.path / "newfile").write_bytes(b"")
@@ -163,14 +180,14 @@ def test_read_only_mount(layers: dict[str, Path]) -> None:
         assert (m.path / "etc/hostname").read_bytes() == b"top\n"
 
 
-def test_statfs_is_the_upper(layers: dict[str, Path]) -> None:
-    with mount(layers) as m:
+def test_statfs_is_the_upper(layers: Layers, mount: MountFn) -> None:
+    with mount() as m:
         ours, upper = os.statvfs(m.path), os.statvfs(layers["upper"])
         assert ours.f_blocks == upper.f_blocks and ours.f_bsize == upper.f_bsize
 
 
-def test_special_files(layers: dict[str, Path]) -> None:
-    with mount(layers) as m:
+def test_special_files(layers: Layers, mount: MountFn) -> None:
+    with mount() as m:
         mnt = m.path
         os.mkfifo(mnt / "fifo")
         os.mknod(mnt / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
@@ -185,7 +202,7 @@ def test_special_files(layers: dict[str, Path]) -> None:
         assert (mnt / "null").read_bytes() == b""
 
 
-def test_daemon_mode_returns_once_mounted(layers: dict[str, Path]) -> None:
+def test_daemon_mode_returns_once_mounted(layers: Layers, mount: MountFn) -> None:
     opts = (f"lowerdir={layers['top']}:{layers['base']},upperdir={layers['upper']},"
             f"workdir={layers['work']}")
     res = subprocess.run([sys.executable, "-m", "unionfs", "-o", opts, str(layers["mnt"])],
