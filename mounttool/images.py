@@ -79,6 +79,24 @@ class ImageInfo:
     size: int
 
 
+def containers_using(store: Store, image: Digest) -> list[str]:
+    """Names of containers created from ``image``.
+
+    The contract with containers.py: each container keeps ``containers/<name>/container.json``
+    holding at least ``{"image": "sha256:..."}``.
+    """
+    out = []
+    cdir = store.root / "containers"
+    for entry in sorted(cdir.iterdir()) if cdir.is_dir() else []:
+        try:
+            obj = json.loads((entry / "container.json").read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict) and obj.get("image") == str(image):
+            out.append(entry.name)
+    return out
+
+
 class ImageStore:
     """Catalogue access plus the derived views the CLI needs."""
 

@@ -175,6 +175,8 @@ def load_path(images: ImageStore, path: Path) -> list[Loaded]:
 
 def import_path(images: ImageStore, path: Path, names: list[str], message: str = "") -> Loaded:
     """``import FILE|DIR``: a rootfs tarball or directory becomes a one-layer image."""
+    import shutil
+    import sys
     import tempfile
 
     from mounttool.tarwriter import tar_tree
@@ -188,6 +190,11 @@ def import_path(images: ImageStore, path: Path, names: list[str], message: str =
                 tar_tree(path, tmp)  # type: ignore[arg-type]
                 tmp.flush()
                 loaded = import_rootfs(ing, cat, Path(tmp.name), str(path), names, message)
+        elif str(path) == "-":
+            with tempfile.NamedTemporaryFile(dir=store.tmp, prefix="import-") as tmp:
+                shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+                tmp.flush()
+                loaded = import_rootfs(ing, cat, Path(tmp.name), "stdin", names, message)
         elif path.is_file():
             loaded = import_rootfs(ing, cat, path, str(path), names, message)
         else:
