@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class Failure(NamedTuple):
     step: int
     """Index into ``case.ops``; -1 before any op, ``len(ops)`` for the final upper check."""
     stage: str
-    """"initial", "result", "tree", "upper" or "mount"."""
+    """"initial", "result", "tree", "upper", "mount" or "hang"."""
     difference: Difference
 
     def signature(self) -> tuple[str, str, str]:
@@ -69,6 +70,34 @@ def op_paths(ops: Sequence[Op]) -> list[str]:
             if f.name in ("path", "src", "dst"):
                 out.append(getattr(op, f.name))
     return out
+
+
+class Watchdog:
+    """Aborts the mounts if one step (an op and its comparison) takes longer than ``seconds``:
+    a hung filesystem then fails its requests (ENOTCONN) instead of hanging the test run."""
+
+    def __init__(self, mounts: Sequence[Mounted], seconds: float) -> None:
+        self.mounts = mounts
+        self.seconds = seconds
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        for mount in self.mounts:
+            mount.abort()
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        timer = threading.Timer(self.seconds, self.fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+
+STEP_TIMEOUT = 60.0
 
 
 class Side(NamedTuple):
@@ -114,8 +143,9 @@ class Batch:
                 prepare(side, cases)
             results: list[Failure | None] = []
             with self.mounted(sides) as mounts:
+                dog = Watchdog(mounts, STEP_TIMEOUT)
                 for k, case in enumerate(cases):
-                    results.append(run_case(case, f"c{k}", sides, probes, self.ignore))
+                    results.append(run_case(case, f"c{k}", sides, probes, self.ignore, dog))
                     if not all(m.alive() for m in mounts):
                         if results[-1] is None:
                             results[-1] = Failure(case, len(case.ops), "mount",
@@ -157,7 +187,7 @@ def prepare(side: Side, cases: Sequence[Case]) -> None:
 
 
 def run_case(case: Case, label: str, sides: list[Side], probes: bool,
-             ignore: frozenset[str] = frozenset()) -> Failure | None:
+             ignore: frozenset[str], dog: Watchdog) -> Failure | None:
     a, b = (Context(os.path.join(s.mnt, label)) for s in sides)
     probe_paths = sorted(set(op_paths(case.ops))) if probes else []
 
@@ -166,13 +196,19 @@ def run_case(case: Case, label: str, sides: list[Side], probes: bool,
                     ignore)
 
     try:
-        if d := compare():
+        with dog.step():
+            d = compare()
+        if d:
             return Failure(case, -1, "initial", d)
         for step, op in enumerate(case.ops):
-            oa, ob = op.run(a), op.run(b)
+            with dog.step():
+                oa, ob = op.run(a), op.run(b)
+                d = compare() if oa == ob else None
+            if dog.fired:
+                return Failure(case, step, "hang", Difference(str(op), "timeout", "", ""))
             if oa != ob:
                 return Failure(case, step, "result", Difference(str(op), "outcome", oa, ob))
-            if d := compare():
+            if d:
                 return Failure(case, step, "tree", d)
     finally:
         a.close_all()

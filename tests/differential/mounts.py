@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
@@ -45,6 +46,9 @@ class Mounted(Protocol):
 
     def alive(self) -> bool: ...
 
+    def abort(self) -> None:
+        """Make every pending and future request fail (the watchdog's way out of a hang)."""
+
 
 class Mounter(Protocol):
     name: str
@@ -70,6 +74,9 @@ class KernelMount:
 
     def alive(self) -> bool:
         return is_alive(self.mnt)
+
+    def abort(self) -> None:
+        run(["umount", "-l", self.mnt])
 
     def unmount(self) -> str | None:
         res = run(["umount", self.mnt])
@@ -110,9 +117,15 @@ class UnionfsMount:
         self.mnt = mnt
         self.proc = proc
         self.log = log
+        self.connection: int | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None and is_alive(self.mnt)
+
+    def abort(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(OSError):
+                Path(f"/sys/fs/fuse/connections/{self.connection}/abort").write_text("1")
 
     def tail(self) -> str:
         try:
@@ -167,6 +180,7 @@ class Unionfs:
             problem = handle.unmount() or ""
             raise MountError(f"unionfs did not become ready: {' '.join(cmd)}\n{problem}"
                              f"\n{handle.tail()}")
+        handle.connection = os.minor(os.stat(mnt).st_dev)
         return handle
 
 

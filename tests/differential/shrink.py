@@ -27,6 +27,11 @@ def shrink(failure: Failure, full: Sequence[Op], run_many: RunMany,
     """Return the smallest failure found with the same signature as ``failure``."""
     best = failure
     keep = cut(failure)
+    if len(keep) < len(failure.case.ops):
+        first = run_many([failure.case.with_ops(keep, full)])[0]
+        if first is not None and first.signature() == failure.signature():
+            best = first
+            keep = cut(first)
     n = 2
     for _ in range(max_rounds):
         if len(keep) <= 1:
