@@ -85,7 +85,7 @@ async def _serve_until_signal() -> None:
                     return
 
         nursery.start_soon(watch_signals)
-        await pyfuse3.main(min_tasks=1, max_tasks=64)
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
         nursery.cancel_scope.cancel()
 
 

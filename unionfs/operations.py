@@ -191,9 +191,6 @@ class Operations(pyfuse3.Operations):
         with fuse_errors("write"):
             return self.fs.files.write(fh, off, buf)
 
-    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        return None
-
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         with fuse_errors("release"):
             self.fs.files.release(fh)
