@@ -317,7 +317,10 @@ class _Unpacker:
     def _place_whiteout(self, wh: _Whiteout, fmt: WhiteoutFormat) -> None:
         if any(wh.parent[:i] in self.opaque for i in range(len(wh.parent) + 1)):
             return  # already hidden; the kernel treats a whiteout in an opaque dir as corrupt
-        pfd = self.open_dir(wh.parent, create=True)
+        try:
+            pfd = self.open_dir(wh.parent, create=True)
+        except (CorruptLayerError, UnsafeLayerError):
+            return  # below a non-directory of this layer, which hides all of it already
         try:
             try:
                 st = os.lstat(wh.name, dir_fd=pfd)

@@ -148,3 +148,68 @@ def describe(p: bytes, times: bool = True) -> tuple[object, ...]:
               for k in sorted(os.listxattr(p, follow_symlinks=False))}
     mtime = st.st_mtime_ns if times and not stat.S_ISLNK(kind) else None
     return (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, extra, xattrs, mtime)
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _opaque(path: bytes) -> bool:
+    try:
+        return os.getxattr(path, b"trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def merge_layers(layers: list[Path], times: bool = True) -> Tree:
+    """The tree overlayfs would show for unpacked layers (top first): the reference view."""
+    out: Tree = {}
+    _merge_dir([os.fsencode(p) for p in layers], b"", out, times)
+    return out
+
+
+def _merge_dir(dirs: list[bytes], rel: bytes, out: Tree, times: bool) -> None:
+    names: list[bytes] = []
+    for d in dirs:
+        for n in sorted(os.listdir(os.path.join(d, rel) if rel else d)):
+            if n not in names:
+                names.append(n)
+    for name in sorted(names):
+        sub = os.path.join(rel, name) if rel else name
+        below: list[bytes] = []
+        for d in dirs:
+            p = os.path.join(d, sub)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if not below:
+                if _is_whiteout(st):
+                    break
+                d_top = describe(p, times)
+                out[os.fsdecode(sub)] = (*d_top[:5], _public(d_top[5]), *d_top[6:])
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                below.append(d)
+                if _opaque(p):
+                    break
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                break  # a non-directory (or whiteout) below hides everything further down
+            below.append(d)
+            if _opaque(p):
+                break
+        if below:
+            _merge_dir(below, sub, out, times)
+
+
+def _public(xattrs: object) -> dict[str, bytes]:
+    assert isinstance(xattrs, dict)
+    return {k: v for k, v in xattrs.items() if not k.startswith("trusted.overlay.")}
+
+
+def plain_tree(root: Path, times: bool = True) -> Tree:
+    """read_tree without the root entry, for comparing with merge_layers."""
+    t = read_tree(root, times)
+    del t["."]
+    return t
