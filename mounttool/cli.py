@@ -13,12 +13,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from mounttool import imageops
+from mounttool import cli_containers, imageops
+from mounttool.containers import Containers
 from mounttool.display import ago, human_size, short_id, table, truncate
-from mounttool.errors import MountToolError, UsageError
+from mounttool.errors import MountToolError, NotFoundError, UsageError
 from mounttool.formats.save import FORMATS, SaveItem, save
-from mounttool.images import ImageInfo, ImageStore
+from mounttool.images import Catalogue, ImageInfo, ImageStore
 from mounttool.ingest import import_path, load_path
 from mounttool.refs import Reference, parse_reference, parse_tagged
 from mounttool.store import Store, default_root
@@ -123,10 +125,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     images = _images(args)
     with images.store.locked(exclusive=False):
         cat = images.load()
-        out = [imageops.inspect(images, images.info(cat, images.resolve(cat, w)))
-               for w in args.names]
+        out = [_inspect_one(images, cat, w) for w in args.names]
     print(json.dumps(out, indent=4))
     return 0
+
+
+def _inspect_one(images: ImageStore, cat: Catalogue, word: str) -> dict[str, Any]:
+    try:
+        return imageops.inspect(images, images.info(cat, images.resolve(cat, word)))
+    except NotFoundError:
+        containers = Containers(images.store)
+        try:
+            c = containers.get(word)
+        except NotFoundError:
+            raise NotFoundError(f"no such image or container: {word}") from None
+        return {"Id": c.id, "Name": c.name, "Image": c.image, "ImageName": c.image_ref,
+                "Created": c.created, "Mounted": cli_containers.is_mounted(c),
+                "MountPoint": c.mountpoint,
+                "GraphDriver": {"Name": "unionfs", "Data": {
+                    "UpperDir": str(containers.upper(c)), "WorkDir": str(containers.work(c)),
+                    "LowerDir": ":".join(str(p) for p in containers.lowers(images, c))}}}
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -220,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_commands(sub)
+    cli_containers.add_commands(sub)
     return parser
 
 

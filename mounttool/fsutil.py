@@ -42,14 +42,25 @@ def lower_dir_stat(lowers: tuple[Path, ...], parts: tuple[bytes, ...]) -> os.sta
     return None
 
 
-def times(ti: tarfile.TarInfo) -> tuple[int, int]:
-    mtime = round(float(ti.mtime) * 1e9)
-    atime_raw = ti.pax_headers.get("atime")
+def pax_time_ns(text: str | None) -> int | None:
+    """A PAX time ("1600000000.123456789") in exact nanoseconds; None if absent or bad."""
+    if not text:
+        return None
+    sec, _, frac = text.strip().partition(".")
     try:
-        atime = round(float(atime_raw) * 1e9) if atime_raw else mtime
+        sign = -1 if sec.startswith("-") else 1
+        return int(sec) * 10**9 + sign * int((frac + "000000000")[:9] or 0)
     except ValueError:
-        atime = mtime
-    return atime, mtime
+        return None
+
+
+def times(ti: tarfile.TarInfo) -> tuple[int, int]:
+    """(atime, mtime) in ns, exact when the PAX header has them (float loses nanoseconds)."""
+    mtime = pax_time_ns(ti.pax_headers.get("mtime"))
+    if mtime is None:
+        mtime = round(float(ti.mtime) * 1e9)
+    atime = pax_time_ns(ti.pax_headers.get("atime"))
+    return (mtime if atime is None else atime), mtime
 
 
 def xattrs_of(ti: tarfile.TarInfo) -> list[tuple[bytes, bytes]]:

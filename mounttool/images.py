@@ -82,8 +82,8 @@ class ImageInfo:
 def containers_using(store: Store, image: Digest) -> list[str]:
     """Names of containers created from ``image``.
 
-    The contract with containers.py: each container keeps ``containers/<name>/container.json``
-    holding at least ``{"image": "sha256:..."}``.
+    The contract with containers.py: each container keeps ``containers/<id>/container.json``
+    holding at least ``{"image": "sha256:...", "name": ...}``.
     """
     out = []
     cdir = store.root / "containers"
@@ -93,7 +93,7 @@ def containers_using(store: Store, image: Digest) -> list[str]:
         except (OSError, ValueError):
             continue
         if isinstance(obj, dict) and obj.get("image") == str(image):
-            out.append(entry.name)
+            out.append(str(obj.get("name") or entry.name))
     return out
 
 

@@ -36,7 +36,7 @@ def tarinfo_for(full: bytes, arcname: bytes, st: os.stat_result,
     """A TarInfo describing one file on disk (None for sockets)."""
     ti = tarfile.TarInfo(os.fsdecode(arcname))
     ti.mode, ti.uid, ti.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-    ti.mtime = st.st_mtime if mtime is None else mtime
+    set_mtime(ti, st.st_mtime_ns if mtime is None else round(mtime * 1e9))
     kind = stat.S_IFMT(st.st_mode)
     key = (st.st_dev, st.st_ino)
     if kind == stat.S_IFREG and st.st_nlink > 1 and key in links:
@@ -58,8 +58,16 @@ def tarinfo_for(full: bytes, arcname: bytes, st: os.stat_result,
     else:
         log.warning("skipping %s: sockets cannot be stored in a tar", os.fsdecode(arcname))
         return None
-    ti.pax_headers = xattr_headers(full)
+    ti.pax_headers = {**ti.pax_headers, **xattr_headers(full)}
     return ti
+
+
+def set_mtime(ti: tarfile.TarInfo, ns: int) -> None:
+    """Whole seconds in the header; sub-second times exactly, as a PAX record."""
+    ti.mtime = ns // 10**9
+    if ns % 10**9:
+        exact = f"{ns // 10**9}.{ns % 10**9:09d}".rstrip("0")
+        ti.pax_headers = {**ti.pax_headers, "mtime": exact}
 
 
 def xattr_headers(full: bytes) -> dict[str, str]:

@@ -1,0 +1,209 @@
+"""The container half of the CLI: create, mount, umount, ps, rm, diff, commit, export.
+
+Same rules as cli.py: small ``cmd_<name>(args) -> int`` handlers over library calls; errors
+are raised as MountToolError and printed by ``cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from mounttool import mounting
+from mounttool.changes import changes
+from mounttool.commit import commit, export
+from mounttool.containers import Container, Containers, live_mounts
+from mounttool.display import ago, human_size, table
+from mounttool.errors import ConflictError, MountToolError, UsageError
+from mounttool.images import ImageStore
+from mounttool.overlayview import OverlayView
+from mounttool.refs import parse_tagged
+from mounttool.store import Store
+
+
+def _ctx(args: argparse.Namespace) -> tuple[ImageStore, Containers]:
+    store = Store(args.root)
+    return ImageStore(store), Containers(store)
+
+
+def is_mounted(c: Container) -> bool:
+    return bool(c.mountpoint) and c.mountpoint in live_mounts()
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    images, containers = _ctx(args)
+    print(containers.create(images, args.image, args.name).id)
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    images, containers = _ctx(args)
+    if args.image:
+        if not args.mountpoint:
+            raise UsageError("mount --image IMAGE MOUNTPOINT: give the mountpoint")
+        with images.store.locked(exclusive=False):
+            cat = images.load()
+            info = images.info(cat, images.resolve(cat, args.image))
+            lowers = [images.layers.diff_dir(c) for c in reversed(info.chain_ids)]
+            mounting.mount(lowers, None, None, Path(args.mountpoint).absolute())
+        print(Path(args.mountpoint).absolute())
+        return 0
+    if not args.container:
+        raise UsageError("mount CONTAINER [MOUNTPOINT] or mount --image IMAGE MOUNTPOINT")
+    with images.store.locked(exclusive=True):
+        c = containers.get(args.container)
+        if is_mounted(c):
+            print(c.mountpoint)
+            return 0
+        mnt = Path(args.mountpoint).absolute() if args.mountpoint else containers.dir(c) / "merged"
+        mounting.mount(containers.lowers(images, c), containers.upper(c), containers.work(c), mnt)
+        containers.save(replace(c, mountpoint=str(mnt)))
+    print(mnt)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    images, containers = _ctx(args)
+    with images.store.locked(exclusive=True):
+        for word in args.targets:
+            try:
+                c = containers.get(word)
+            except MountToolError:
+                path = str(Path(word).absolute())
+                if path not in live_mounts():
+                    raise
+                mounting.umount(Path(path))
+                print(path)
+                continue
+            if is_mounted(c):
+                mounting.umount(Path(c.mountpoint))
+            containers.save(replace(c, mountpoint=""))
+            print(c.name)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    _, containers = _ctx(args)
+    rows = []
+    with containers.store.locked(exclusive=False):
+        for c in containers.all():
+            mounted = is_mounted(c)
+            if not (mounted or args.all):
+                continue
+            status = f"Mounted at {c.mountpoint}" if mounted else "Created"
+            ident = c.id if args.no_trunc else c.id[:12]
+            if args.quiet:
+                rows.append([ident])
+                continue
+            rows.append([ident, c.image_ref, ago(c.created), status,
+                         human_size(containers.size(c)), c.name])
+    if args.quiet:
+        if rows:
+            print("\n".join(r[0] for r in rows))
+        return 0
+    print(table(["CONTAINER ID", "IMAGE", "CREATED", "STATUS", "SIZE", "NAMES"], rows))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    _, containers = _ctx(args)
+    with containers.store.locked(exclusive=True):
+        doomed = [containers.get(w) for w in args.containers]
+        for c in doomed:
+            if is_mounted(c) and not args.force:
+                raise ConflictError(f"container {c.name} is mounted at {c.mountpoint}: umount "
+                                    "it first or use -f")
+        for c in doomed:
+            if is_mounted(c):
+                mounting.umount(Path(c.mountpoint))
+            containers.remove(c)
+            print(c.name)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    images, containers = _ctx(args)
+    with images.store.locked(exclusive=False):
+        c = containers.get(args.container)
+        view = OverlayView(containers.lowers(images, c))
+        for change in changes(containers.upper(c), view):
+            print(change)
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    images, containers = _ctx(args)
+    names = [str(parse_tagged(args.ref))] if args.ref else []
+    c = containers.get(args.container)
+    loaded = commit(images, containers, c, names, args.message or "", args.author or "",
+                    args.change or [])
+    print(loaded.id)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    images, containers = _ctx(args)
+    dest = args.output or "-"
+    if dest == "-" and sys.stdout.isatty():
+        raise UsageError("export: give -o (refusing to write a tar to a terminal)")
+    with images.store.locked(exclusive=False):
+        c = containers.get(args.container)
+        layers = [containers.upper(c), *containers.lowers(images, c)]
+        if dest == "-":
+            export(layers, sys.stdout.buffer)
+            return 0
+        path = Path(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                export(layers, f)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("create", help="create a container (an upper layer over an image)")
+    p.add_argument("image")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_create)
+    p = sub.add_parser("mount", help="mount a container (or --image, read-only)")
+    p.add_argument("container", nargs="?")
+    p.add_argument("mountpoint", nargs="?")
+    p.add_argument("--image", metavar="IMAGE", help="mount an image read-only, no container")
+    p.set_defaults(func=cmd_mount)
+    p = sub.add_parser("umount", help="unmount containers or image mounts")
+    p.add_argument("targets", nargs="+", metavar="CONTAINER|MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+    p = sub.add_parser("ps", help="list containers (mounted ones; -a for all)")
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--no-trunc", action="store_true")
+    p.set_defaults(func=cmd_ps)
+    p = sub.add_parser("rm", help="remove containers")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.add_argument("-f", "--force", action="store_true", help="unmount first if mounted")
+    p.set_defaults(func=cmd_rm)
+    p = sub.add_parser("diff", help="files added (A), changed (C), deleted (D) in a container")
+    p.add_argument("container")
+    p.set_defaults(func=cmd_diff)
+    p = sub.add_parser("commit", help="make an image from a container's changes")
+    p.add_argument("container")
+    p.add_argument("ref", nargs="?", metavar="REF")
+    p.add_argument("-m", "--message")
+    p.add_argument("-a", "--author")
+    p.add_argument("-c", "--change", action="append", metavar="'INSTR ARGS'")
+    p.set_defaults(func=cmd_commit)
+    p = sub.add_parser("export", help="a container's merged rootfs as a tar")
+    p.add_argument("container")
+    p.add_argument("-o", "--output", metavar="FILE")
+    p.set_defaults(func=cmd_export)

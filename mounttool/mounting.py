@@ -1,0 +1,96 @@
+"""Mounting through unionfs: ``python -m unionfs -o lowerdir=TOP:...:BOTTOM,upperdir=U,workdir=W``.
+
+The unionfs CLI daemonizes once the mount is live and reports it on ``--ready-fd``; this module
+waits for that line with a deadline and turns any failure into one MountToolError carrying the
+last line unionfs printed.  Unmounting is ``fusermount3 -u``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mounttool.errors import MountToolError
+
+READY_TIMEOUT = 60.0
+
+
+def _check_path(p: Path) -> str:
+    text = str(p)
+    if any(c in text for c in ":,\\"):
+        raise MountToolError(f"{text}: paths with ':', ',' or '\\' cannot be given to unionfs")
+    return text
+
+
+def options(lowers: list[Path], upper: Path | None, work: Path | None) -> str:
+    """The overlay option string; lowers top first."""
+    opts = "lowerdir=" + ":".join(_check_path(p) for p in lowers)
+    if upper is not None and work is not None:
+        opts += f",upperdir={_check_path(upper)},workdir={_check_path(work)}"
+    else:
+        opts += ",ro"
+    return opts
+
+
+def mount(lowers: list[Path], upper: Path | None, work: Path | None, mnt: Path,
+          timeout: float = READY_TIMEOUT) -> None:
+    """Mount the union at ``mnt``; return once it is live."""
+    if not lowers:
+        raise MountToolError("an image with no layers cannot be mounted")
+    mnt.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "unionfs", "-o", options(lowers, upper, work)]
+    r, w = os.pipe()
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen([*cmd, "--ready-fd", str(w), str(mnt)], pass_fds=(w,),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err)
+        finally:
+            os.close(w)
+        try:
+            ready = _wait_ready(r, timeout)
+        finally:
+            os.close(r)
+        if ready:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        err.seek(0)
+        lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise MountToolError(f"mounting {mnt} failed: {why}")
+
+
+def _wait_ready(fd: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        readable, _, _ = select.select([fd], [], [], left)
+        if not readable:
+            return False
+        chunk = os.read(fd, 256)
+        if not chunk:
+            return bool(buf)
+        buf += chunk
+    return True
+
+
+def umount(mnt: Path) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", str(mnt)] if tool else ["umount", str(mnt)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+    if res.returncode != 0:
+        why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1]
+        raise MountToolError(f"unmounting {mnt} failed: {why}")
