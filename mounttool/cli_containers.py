@@ -44,14 +44,16 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_mount(args: argparse.Namespace) -> int:
     images, containers = _ctx(args)
     if args.image:
-        if not args.mountpoint:
-            raise UsageError("mount --image IMAGE MOUNTPOINT: give the mountpoint")
+        target = args.mountpoint or args.container  # argparse fills the first positional
+        if not target or (args.mountpoint and args.container):
+            raise UsageError("mount --image IMAGE MOUNTPOINT: give one mountpoint")
+        mnt = Path(target).absolute()
         with images.store.locked(exclusive=False):
             cat = images.load()
             info = images.info(cat, images.resolve(cat, args.image))
             lowers = [images.layers.diff_dir(c) for c in reversed(info.chain_ids)]
-            mounting.mount(lowers, None, None, Path(args.mountpoint).absolute())
-        print(Path(args.mountpoint).absolute())
+            mounting.mount(lowers, None, None, mnt)
+        print(mnt)
         return 0
     if not args.container:
         raise UsageError("mount CONTAINER [MOUNTPOINT] or mount --image IMAGE MOUNTPOINT")

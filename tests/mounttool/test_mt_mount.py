@@ -1,0 +1,109 @@
+"""Real mounts through unionfs: container mount, copy-up and whiteouts, commit, image mounts."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mt_helpers import merge_layers, read_tree
+from mt_images import build, write_layout
+from test_mt_cli import Run
+from test_mt_images import BASE, TOP
+
+from mounttool.containers import live_mounts
+from mounttool.mounting import umount
+
+
+def _why_not() -> str:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if not shutil.which("fusermount3"):
+        return "no fusermount3"
+    return ""
+
+
+WHY = _why_not()
+pytestmark = [pytest.mark.fuse, pytest.mark.root, pytest.mark.skipif(bool(WHY), reason=WHY)]
+
+
+@pytest.fixture
+def run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
+    r = Run(tmp_path / "store", capsys)
+    r("load", "--input", str(write_layout(tmp_path / "lay", [("app:1", build([BASE, TOP]))])))
+    try:
+        yield r
+    finally:
+        for m in sorted(live_mounts()):
+            if m.startswith(str(tmp_path)):
+                with contextlib.suppress(Exception):
+                    umount(Path(m))
+
+
+def test_container_mount_commit_and_image_mount(run: Run, tmp_path: Path) -> None:
+    run("create", "--name", "c1", "app:1")
+    mnt = Path(run("mount", "c1").strip())
+    assert mnt.is_dir() and str(mnt) in live_mounts()
+    assert run("mount", "c1").strip() == str(mnt)  # already mounted: same path
+    assert "Mounted at" in run("ps")
+    (mnt / "etc/os-release").write_text("ID=changed\n")   # a lower file was whited out: new
+    (mnt / "bin/link").unlink()                           # delete a lower symlink
+    (mnt / "var/cache/y").write_text("copied up")         # copy-up of a lower file
+    (mnt / "newdir").mkdir()
+    (mnt / "newdir/f").write_bytes(b"\0" * 5000)
+    upper = Path(json.loads(run("inspect", "c1"))[0]["GraphDriver"]["Data"]["UpperDir"])
+    st = os.lstat(upper / "bin/link")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0  # the whiteout, as ls -l shows it
+    assert "D /bin/link" in run("diff", "c1").splitlines()
+    want = read_tree(mnt)
+    new_id = run("commit", "c1", "app:2").strip()
+    img_mnt = tmp_path / "img"
+    run("mount", "--image", "app:2", str(img_mnt))
+    got = read_tree(img_mnt)
+    for tree in (want, got):
+        del tree["."]
+    assert got == want
+    with pytest.raises(OSError) as exc:
+        (img_mnt / "x").write_text("no")
+    assert exc.value.errno == errno.EROFS
+    assert run("umount", str(img_mnt)).strip() == str(img_mnt)
+    assert "is mounted" in run("rm", "c1", code=1)
+    assert run("umount", "c1") == "c1\n"
+    assert str(mnt) not in live_mounts()
+    assert "Created" in run("ps", "-a")
+    # the upper layer persists: mounting again shows the same tree
+    again = Path(run("mount", "c1").strip())
+    tree = read_tree(again)
+    del tree["."]
+    assert tree == want
+    assert run("rm", "-f", "c1") == "c1\n"
+    assert str(again) not in live_mounts()
+    assert new_id.startswith("sha256:")
+
+
+def test_image_layers_merge_like_the_mount(run: Run, tmp_path: Path) -> None:
+    info = json.loads(run("inspect", "app:1"))[0]
+    layers = [Path(p) for p in info["GraphDriver"]["Data"]["LowerDir"].split(":")]
+    mnt = tmp_path / "m"
+    run("mount", "--image", "app:1", str(mnt))
+    got = read_tree(mnt)
+    del got["."]
+    assert got == merge_layers(layers)
+    run("umount", str(mnt))
+
+
+def test_mount_failure_is_one_line(run: Run, tmp_path: Path) -> None:
+    run("create", "--name", "c1", "app:1")
+    target = tmp_path / "file"
+    target.write_text("not a dir")
+    err = run("mount", "c1", str(target), code=1)
+    assert "mount" in err
+    assert "Created" in run("ps", "-a")
