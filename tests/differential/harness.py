@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 from .build import build_layer
 from .model import Stack, TreeGenerator
-from .mounts import Mounted, Mounter
+from .mounts import Mounted, Mounter, MountError
 from .opgen import OpGenerator
 from .ops import Context, Op
-from .snapshot import Difference, diff, snapshot
+from .snapshot import Difference, Tree, diff, snapshot
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,18 @@ class Side(NamedTuple):
 
 
 class Batch:
-    """Run ``cases`` (all with the same number of lowers) on fresh mounts of ``a`` and ``b``."""
+    """Run ``cases`` (all with the same number of lowers) on fresh mounts of ``a`` and ``b``.
+
+    With ``cross``, after the cases ran the mounts are swapped: b mounts the layers and upper
+    that a wrote, a mounts b's, and every case that passed must show the same final tree again
+    (an upper written by one implementation reads back identically through the other)."""
 
     def __init__(self, a: Mounter, b: Mounter, workdir: str | None = None,
-                 ignore: frozenset[str] = frozenset()) -> None:
+                 ignore: frozenset[str] = frozenset(), *, cross: bool = False) -> None:
         self.mounters = (a, b)
         self.workdir = workdir
         self.ignore = ignore
+        self.cross = cross
         self.problems: list[str] = []
         """Teardown problems (unclean unmount, bad exit status): the runner reports them."""
 
@@ -141,19 +146,46 @@ class Batch:
                                                                     strict=True)]
             for side in sides:
                 prepare(side, cases)
-            results: list[Failure | None] = []
+            results: list[CaseResult] = []
             with self.mounted(sides) as mounts:
                 dog = Watchdog(mounts, STEP_TIMEOUT)
                 for k, case in enumerate(cases):
                     results.append(run_case(case, f"c{k}", sides, probes, self.ignore, dog))
                     if not all(m.alive() for m in mounts):
-                        if results[-1] is None:
-                            results[-1] = Failure(case, len(case.ops), "mount",
-                                                  Difference("", "alive", True, False))
-                        break
-            return results
+                        if results[-1].failure is None:
+                            results[-1] = CaseResult(Failure(
+                                case, len(case.ops), "mount", Difference("", "alive", True, False)))
+                        return [r.failure for r in results]
+            if self.cross:
+                self.cross_check(sides, results, probes)
+            return [r.failure for r in results]
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+    def cross_check(self, sides: list[Side], results: list[CaseResult], probes: bool) -> None:
+        """Remount each side's directories with the other mounter; compare final trees."""
+        swapped = [Side(sides[0].base, sides[1].mounter), Side(sides[1].base, sides[0].mounter)]
+        try:
+            self.compare_swapped(swapped, results, probes)
+        except MountError as exc:
+            self.problems.append(f"cross-mount (each side's dirs by the other mounter): {exc}")
+
+    def compare_swapped(self, swapped: list[Side], results: list[CaseResult],
+                        probes: bool) -> None:
+        with self.mounted(swapped) as mounts:
+            dog = Watchdog(mounts, STEP_TIMEOUT)
+            for k, res in enumerate(results):
+                case = res.case
+                if res.failure or case is None or res.final_a is None or res.final_b is None:
+                    continue
+                probe_paths = sorted(set(op_paths(case.ops))) if probes else []
+                for side, written, stage in ((swapped[0], res.final_a, "cross-a"),
+                                             (swapped[1], res.final_b, "cross-b")):
+                    with dog.step():
+                        seen = snapshot(os.path.join(side.mnt, f"c{k}"), probes=probe_paths)
+                    if d := diff(written, seen, self.ignore):
+                        results[k] = CaseResult(Failure(case, len(case.ops), stage, d))
+                        break
 
     @contextmanager
     def mounted(self, sides: list[Side]) -> Iterator[list[Mounted]]:
@@ -174,6 +206,13 @@ class Batch:
             self.problems.append(f"{name}: {problem}")
 
 
+class CaseResult(NamedTuple):
+    failure: Failure | None
+    case: Case | None = None
+    final_a: Tree | None = None
+    final_b: Tree | None = None
+
+
 def prepare(side: Side, cases: Sequence[Case]) -> None:
     nlowers = len(cases[0].stack.lowers)
     for name in ("u", "w", "m", *(f"l{i}" for i in range(nlowers))):
@@ -187,33 +226,38 @@ def prepare(side: Side, cases: Sequence[Case]) -> None:
 
 
 def run_case(case: Case, label: str, sides: list[Side], probes: bool,
-             ignore: frozenset[str], dog: Watchdog) -> Failure | None:
+             ignore: frozenset[str], dog: Watchdog) -> CaseResult:
     a, b = (Context(os.path.join(s.mnt, label)) for s in sides)
     probe_paths = sorted(set(op_paths(case.ops))) if probes else []
 
+    trees: list[Tree] = []
+
     def compare() -> Difference | None:
-        return diff(snapshot(a.root, probes=probe_paths), snapshot(b.root, probes=probe_paths),
-                    ignore)
+        trees[:] = [snapshot(a.root, probes=probe_paths), snapshot(b.root, probes=probe_paths)]
+        return diff(trees[0], trees[1], ignore)
+
+    def fail(step: int, stage: str, d: Difference) -> CaseResult:
+        return CaseResult(Failure(case, step, stage, d))
 
     try:
         with dog.step():
             d = compare()
         if d:
-            return Failure(case, -1, "initial", d)
+            return fail(-1, "initial", d)
         for step, op in enumerate(case.ops):
             with dog.step():
                 oa, ob = op.run(a), op.run(b)
                 d = compare() if oa == ob else None
             if dog.fired:
-                return Failure(case, step, "hang", Difference(str(op), "timeout", "", ""))
+                return fail(step, "hang", Difference(str(op), "timeout", "", ""))
             if oa != ob:
-                return Failure(case, step, "result", Difference(str(op), "outcome", oa, ob))
+                return fail(step, "result", Difference(str(op), "outcome", oa, ob))
             if d:
-                return Failure(case, step, "tree", d)
+                return fail(step, "tree", d)
     finally:
         a.close_all()
         b.close_all()
     ua, ub = (os.path.join(s.upper, label) for s in sides)
     if d := diff(snapshot(ua, upper=True), snapshot(ub, upper=True), ignore):
-        return Failure(case, len(case.ops), "upper", d)
-    return None
+        return fail(len(case.ops), "upper", d)
+    return CaseResult(None, case, trees[0], trees[1])

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .model import BASE_TIME_NS, DIR_MODES, FILE_MODES, OWNERS, Stack, join, merged_view
 from .ops import (
+    AsUser,
     Chmod,
     Chown,
     Close,
@@ -47,6 +48,9 @@ SIZES = (0, 0, 1, 10, 4096, 5000, 100000)
 XATTRS = ("user.k1", "user.k1", "user.k2", "user.new", "trusted.t1", "user.overlay.x",
           "trusted.overlay.opaque", "trusted.overlay.foo")
 HANDLES = 3
+USERS = ((1000, 1000), (1234, 5678), (1000, 100))
+PATH_OPS = (Create, Write, Truncate, Read, Mkdir, Rmdir, Unlink, Rename, Link, MakeSymlink, Chmod,
+            Chown, Utimes, SetXattr, RemoveXattr, Mknod, UnlinkedRW)
 
 
 class OpGenerator:
@@ -74,7 +78,14 @@ class OpGenerator:
         self.makers = [maker for weight, maker in kinds for _ in range(weight)]
 
     def sequence(self, count: int) -> list[Op]:
-        return [self.rng.choice(self.makers)() for _ in range(count)]
+        """``count`` ops; a fifth of the path operations run as an unprivileged user."""
+        ops = []
+        for _ in range(count):
+            op = self.rng.choice(self.makers)()
+            if isinstance(op, PATH_OPS) and self.rng.random() < 0.2:
+                op = AsUser(*self.rng.choice(USERS), op)
+            ops.append(op)
+        return ops
 
     # -- paths -------------------------------------------------------------------------------
     def existing(self) -> str:

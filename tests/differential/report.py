@@ -44,9 +44,13 @@ def describe_layer(name: str, layer: Layer, wanted: set[str]) -> list[str]:
 def format_failure(failure: Failure, *, nops: int, against: str, flags: str = "") -> str:
     case = failure.case
     stack = case.stack
+    stage = {
+        "cross-a": "the kernel's final tree != b mounting the kernel's layers+upper+workdir",
+        "cross-b": "b's final tree != the kernel mounting b's layers+upper+workdir",
+    }.get(failure.stage, failure.stage)
     lines = [
         f"DIFFERENCE seed={case.seed} lowers={len(stack.lowers)} "
-        f"upper={'pre-populated' if stack.upper else 'empty'} stage={failure.stage} "
+        f"upper={'pre-populated' if stack.upper else 'empty'} stage={stage} "
         f"step={failure.step}",
         f"  first difference: {failure.difference}",
         f"  sequence ({len(case.ops)} ops; 'a' is the kernel, 'b' is {against}):",
@@ -55,7 +59,7 @@ def format_failure(failure: Failure, *, nops: int, against: str, flags: str = ""
         mark = "  <-- differs here" if i == failure.step else ""
         lines.append(f"    [{case.keep[i]}] {op}{mark}")
     wanted = set(op_paths(case.ops))
-    if failure.stage in ("tree", "upper", "initial"):
+    if failure.stage not in ("result", "hang", "mount"):
         wanted.add(failure.difference.path)
     layers = [("upper", stack.upper)] if stack.upper else []
     layers += [(f"lower{i}", layer) for i, layer in enumerate(stack.lowers)]

@@ -47,9 +47,10 @@ def run_campaign(
     cases: Sequence[Case], a: Mounter, b: Mounter, *, nops: int, batch_size: int = 100,
     shrink_failures: bool = True, max_failures: int = 10, probes: bool = True,
     workdir: str | None = None, log: bool = False, ignore: frozenset[str] = frozenset(),
+    cross: bool = True,
 ) -> Outcome:
     start = time.monotonic()
-    runner = Batch(a, b, workdir, ignore)
+    runner = Batch(a, b, workdir, ignore, cross=cross)
     out = Outcome(cases=len(cases))
     for group in batches(cases, batch_size):
         for failure in runner.run(group, probes=probes):
@@ -71,6 +72,17 @@ def run_campaign(
     return out
 
 
+def summary(failures: Sequence[Failure]) -> list[str]:
+    """One line per kind of difference: stage, field, the op at the failing step; with seeds."""
+    kinds: dict[str, list[int]] = {}
+    for f in failures:
+        op = f.case.ops[f.step] if 0 <= f.step < len(f.case.ops) else None
+        key = f"{f.stage:7} {f.difference.field:8} after {type(op).__name__ if op else '-'}"
+        kinds.setdefault(key, []).append(f.case.seed)
+    return [f"  {len(seeds):4}x {key}  seeds {', '.join(map(str, seeds[:8]))}"
+            for key, seeds in sorted(kinds.items(), key=lambda kv: -len(kv[1]))]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Differential test: kernel overlayfs vs unionfs.")
     p.add_argument("--seeds", default="0-299", help="seed range/list, e.g. 0-5000 or 3,7,10-20")
@@ -82,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=100, help="cases per pair of mounts")
     p.add_argument("--max-failures", type=int, default=10)
     p.add_argument("--no-shrink", action="store_true")
+    p.add_argument("--no-cross", action="store_true",
+                   help="skip remounting each side's upper with the other implementation")
     p.add_argument("--no-probes", action="store_true", help="skip lstat of unlisted op paths")
     p.add_argument("--no-wh-names", action="store_true", help="no '.wh.*' names in layers")
     p.add_argument("--ignore", action="append", default=[], metavar="FIELD",
@@ -104,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases, kernel, b, nops=args.ops, batch_size=args.batch,
         shrink_failures=not args.no_shrink, max_failures=args.max_failures,
         probes=not args.no_probes, workdir=args.workdir, log=True,
-        ignore=frozenset(args.ignore),
+        ignore=frozenset(args.ignore), cross=not args.no_cross,
     )
     flags = "".join(f" --ignore {f}" for f in args.ignore)
     flags += " --no-wh-names" if args.no_wh_names else ""
@@ -113,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
     for problem in out.problems:
         print(f"PROBLEM {problem}")
+    if len(out.failures) > 1:
+        print("difftest: kinds of difference found:")
+        print("\n".join(summary(out.failures)))
     index = "index=on" if kernel.index else "index=off (kernel refused index=on)"
     print(f"difftest: {out.cases} sequences x {args.ops} ops, kernel ({index}) vs "
           f"{args.against}: {len(out.failures)} differences, {len(out.problems)} problems, "
