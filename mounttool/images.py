@@ -104,6 +104,10 @@ class ImageStore:
         self.store = store
         self.blobs = BlobStore(store)
         self.layers = LayerStore(store)
+        store.recovery = self._recover
+
+    def _recover(self) -> None:
+        self.collect_garbage(self.load())
 
     def load(self) -> Catalogue:
         try:

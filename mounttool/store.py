@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mounttool.errors import StoreError
@@ -106,8 +106,12 @@ class Store:
         self.blobs_dir = root / "blobs"
         self.layers_dir = root / "layers"
         self.catalogue = root / "images.json"
+        self.marker = root / "transaction"
         self._lock_fd: int | None = None
         self._exclusive = False
+        self.recovery: Callable[[], None] | None = None
+        """Called under the exclusive lock when a transaction was interrupted (kill, crash):
+        it removes what that command had published but never recorded (images.py sets it)."""
 
     def ensure(self) -> None:
         try:
@@ -137,6 +141,7 @@ class Store:
             self._lock_fd, self._exclusive = fd, exclusive
             if exclusive:
                 self._clear_tmp()
+                self._recover()
             yield self
         finally:
             self._lock_fd, self._exclusive = None, False
@@ -146,6 +151,15 @@ class Store:
         for entry in self.tmp.iterdir():
             log.debug("removing stale staging entry %s", entry)
             remove_path(entry)
+
+    def _recover(self) -> None:
+        if not self.marker.exists() or self.recovery is None:
+            return
+        log.warning("an earlier command on %s was interrupted; removing what it left",
+                    self.root)
+        self.recovery()
+        self.marker.unlink()
+        fsync_dir(self.root)
 
     def require_exclusive(self) -> None:
         if self._lock_fd is None or not self._exclusive:
@@ -159,8 +173,12 @@ class Store:
         """All-or-nothing: every path recorded is removed again if the block fails."""
         self.require_exclusive()
         txn = Transaction()
+        atomic_write(self.marker, b"")
         try:
             yield txn
         except BaseException:
             txn.rollback()
             raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.marker.unlink()

@@ -104,20 +104,35 @@ class _Unpacker:
         self.whiteouts: list[_Whiteout] = []
         self.opaque: set[Parts] = set()
         self.entries = 0
+        self._last: tuple[Parts, int] | None = None
 
     # -- walking ------------------------------------------------------------------------------
     def open_dir(self, parts: Parts, create: bool) -> int:
-        """An fd for the directory ``parts``, opened component by component with O_NOFOLLOW."""
-        fd = os.dup(self.root_fd)
+        """An fd for the directory ``parts``, opened component by component with O_NOFOLLOW.
+
+        The last directory reached is kept open: tar entries of one directory come together.
+        """
+        start, fd = 0, self.root_fd
+        if self._last is not None and parts[:len(self._last[0])] == self._last[0]:
+            start, fd = len(self._last[0]), self._last[1]
+        fd = os.dup(fd)
         try:
-            for i, comp in enumerate(parts):
-                nfd = self._open_child(fd, comp, parts[:i + 1], create)
+            for i in range(start, len(parts)):
+                nfd = self._open_child(fd, parts[i], parts[:i + 1], create)
                 os.close(fd)
                 fd = nfd
         except BaseException:
             os.close(fd)
             raise
+        self.forget()
+        self._last = (parts, os.dup(fd))
         return fd
+
+    def forget(self) -> None:
+        """Drop the cached directory fd (a directory was removed or replaced)."""
+        if self._last is not None:
+            os.close(self._last[1])
+            self._last = None
 
     def _open_child(self, fd: int, comp: bytes, where: Parts, create: bool) -> int:
         try:
@@ -203,6 +218,8 @@ class _Unpacker:
                 self._set_owner_xattrs(pfd, name, ti)
                 self.dirs[parts] = ti
                 return
+            if stat.S_ISDIR(old.st_mode):
+                self.forget()
             remove(pfd, name, old)
         if ti.isdir():
             os.mkdir(name, 0o700, dir_fd=pfd)
@@ -376,6 +393,7 @@ def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
     root_fd = os.open(dest, DIR_FLAGS)
     parent_fd = os.open(dest.parent, DIR_FLAGS)
     try:
+        unpacker: _Unpacker | None = None
         unpacker = _Unpacker(root_fd, parent_fd, os.fsencode(dest.name), opts)
         unpacker._implicit_dir(root_fd, ())
         for ti, tar in iter_members(tracker, what):
@@ -383,6 +401,8 @@ def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
         diff_id = verifier.verify()
         unpacker.finish()
     finally:
+        if unpacker is not None:
+            unpacker.forget()
         os.close(root_fd)
         os.close(parent_fd)
     return UnpackResult(diff_id, verifier.size, unpacker.entries, compression)

@@ -251,3 +251,46 @@ def test_unnamed_oci_ref_name_tag(store: Store, tmp_path: Path) -> None:
 def test_img_helpers_consistent() -> None:
     img: Img = build([BASE])
     assert img.digest == sha(img.manifest)
+
+
+def test_interrupted_load_leaves_nothing(store: Store, tmp_path: Path) -> None:
+    """A load killed just before its catalogue write: the next writer removes its leftovers."""
+    import subprocess
+    import sys
+    ims = images(store)
+    load_path(ims, write_layout(tmp_path / "good", [("good:1", build([OTHER]))]))
+    before = snapshot(store.root)
+    lay = write_layout(tmp_path / "lay", [("app:1", build([BASE, TOP]))])
+    code = ("import os, sys\n"
+            "from pathlib import Path\n"
+            "from mounttool.images import ImageStore\n"
+            "from mounttool.ingest import load_path\n"
+            "from mounttool.store import Store\n"
+            "ImageStore.save = lambda self, cat: os._exit(9)  # die like kill -9, no cleanup\n"
+            "load_path(ImageStore(Store(Path(sys.argv[1]))), Path(sys.argv[2]))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(store.root), str(lay)],
+                         cwd=Path(__file__).parents[2], check=False)
+    assert res.returncode == 9
+    assert len(ims.layers.all()) > 1  # the killed load had published layers...
+    assert ims.load().tags.keys() == {"docker.io/library/good:1"}  # ...but no image
+    fresh = ImageStore(Store(store.root))
+    with fresh.store.locked(exclusive=True):
+        pass
+    assert snapshot(store.root) == before
+
+
+def test_concurrent_loads_are_safe(store: Store, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    lays = [write_layout(tmp_path / f"l{i}", [(f"app:{i}", build([BASE, make_tar(
+        [F(f"f{i}", b"%d" % i)])]))]) for i in range(3)]
+    code = ("import sys\nfrom pathlib import Path\n"
+            "from mounttool.images import ImageStore\nfrom mounttool.ingest import load_path\n"
+            "from mounttool.store import Store\n"
+            "load_path(ImageStore(Store(Path(sys.argv[1]))), Path(sys.argv[2]))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(store.root), str(lay)],
+                              cwd=Path(__file__).parents[2]) for lay in lays]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    cat = images(store).load()
+    assert sorted(cat.tags) == [f"docker.io/library/app:{i}" for i in range(3)]
+    assert len(images(store).layers.all()) == 4  # the base once, shared
