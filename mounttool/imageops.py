@@ -61,11 +61,13 @@ def _remove_one(images: ImageStore, cat: Catalogue, word: str, force: bool) -> l
     users = containers_using(images.store, image)
     if users and not force:
         raise ConflictError(f"conflict: unable to remove image {word}: container "
-                            f"{', '.join(users)} is using it (use -f to remove anyway)")
+                            f"{', '.join(users)} is using it (use -f to untag it)")
     out = []
     for n in names:
         del cat.tags[n]
         out.append(f"Untagged: {parse_reference(n).familiar}")
+    if users:  # forced: untagged, but kept (dangling) while a container needs its layers
+        return out
     del cat.images[image]
     out.append(f"Deleted: {image}")
     return out

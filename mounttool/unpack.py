@@ -52,6 +52,7 @@ from unionfs.whiteout import (
 
 log = logging.getLogger(__name__)
 Parts = tuple[bytes, ...]
+_META_PREFIX = WHITEOUT_PREFIX + WHITEOUT_PREFIX
 _TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE,
           tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
           tarfile.FIFOTYPE}
@@ -181,6 +182,9 @@ class _Unpacker:
             self._set_owner_xattrs(self.root_fd, None, ti)
             self.dirs[()] = ti
             return
+        if any(c.startswith(_META_PREFIX) for c in parts) and parts[-1] != OPAQUE_MARKER:
+            log.debug("skipping whiteout metadata %s (aufs-era layers)", show(parts))
+            return  # .wh..wh.plnk, .wh..wh.aufs ...: skipped, as containerd does
         for comp in parts[:-1]:
             if comp.startswith(WHITEOUT_PREFIX):
                 raise CorruptLayerError(f"layer entry {show(parts)!r}: a whiteout marker "
@@ -202,7 +206,7 @@ class _Unpacker:
             self.opaque.add(parts[:-1])
             return
         hidden = parts[-1][len(WHITEOUT_PREFIX):]
-        if hidden in (b"", b".", b"..") or hidden.startswith(WHITEOUT_PREFIX):
+        if hidden in (b"", b".", b".."):
             raise CorruptLayerError(f"layer entry {show(parts)!r}: invalid whiteout name")
         self.whiteouts.append(_Whiteout(parts[:-1], hidden, ti.uid, ti.gid, times(ti)))
 

@@ -148,6 +148,8 @@ def test_container_lifecycle_and_errors(run: Run) -> None:
     assert "no such image or container" in run("inspect", "nope", code=1)
     assert snapshot(run.root) == before
     assert json.loads(run("inspect", "web"))[0]["Id"] == cid
+    assert run("rmi", "-f", "app:1") == "Untagged: app:1\n"  # kept, dangling, for the users
+    assert "<none>" in run("images") and run("diff", "web") == ""
     assert run("rm", "web") == "web\n"
     assert len(run("ps", "-a", "-q").split()) == 1
 

@@ -139,6 +139,7 @@ def test_opaque_root(tmp_path: Path) -> None:
     ([F("a"), F("a/b")], CorruptLayerError, "not a directory"),
     ([E("dev/zero", tarfile.CHRTYPE, dev=(0, 0))], CorruptLayerError, "whiteout"),
     ([F("x/.wh.")], CorruptLayerError, "invalid whiteout"),
+    ([F("x/.wh...")], CorruptLayerError, "invalid whiteout"),
     ([F(".wh.x/y")], CorruptLayerError, "whiteout marker"),
     ([D(".wh.x")], CorruptLayerError, "must not be a directory"),
     ([E("v", tarfile.GNUTYPE_LONGNAME[:0] + b"V")], CorruptLayerError, "unsupported"),
@@ -271,3 +272,10 @@ def test_implicit_parents_inherit_from_lowers(tmp_path: Path) -> None:
     assert t["tmp"][1] == 0o1777 and t["tmp"][6] == NS + 3 * 10**9
     assert t["opt"][2] == 9
     assert t["lnk"][1] == 0o755 and t["new"][1] == 0o755  # a symlink below is not followed
+
+
+def test_aufs_metadata_is_skipped(tmp_path: Path) -> None:
+    data = make_tar([D(".wh..wh.plnk"), F(".wh..wh.plnk/123.456", b"x"), F(".wh..wh.aufs"),
+                     F("a/.wh..wh.orph"), F("keep", b"k")])
+    t = read_tree(unpack(tmp_path, data), times=False)
+    assert sorted(t) == [".", "keep"]
