@@ -89,7 +89,7 @@ class RegistryClient:
                                   _pull_scope(ref.path), headers={"Accept": ACCEPT},
                                   what=f"manifest {what}")
         except RegistryNotFoundError as exc:
-            raise _not_found(exc, ref, what) from None
+            raise self._not_found(exc, ref, what) from None
         with resp:
             data = resp.read(MAX_MANIFEST + 1)
             if len(data) > MAX_MANIFEST:
@@ -119,6 +119,22 @@ class RegistryClient:
             raise RegistryError(f"push manifest {ref.name}:{reference}: the registry stored "
                                 f"{told}, expected {ours}")
         return ours
+
+    def _not_found(self, exc: RegistryNotFoundError, ref: Reference,
+                   what: str) -> RegistryNotFoundError:
+        """Unknown repository or unknown tag?  (distribution says MANIFEST_UNKNOWN for both.)"""
+        codes = error_codes(exc)
+        if "NAME_UNKNOWN" not in codes:
+            try:
+                self.t.request("GET", f"/v2/{ref.path}/tags/list?n=1", _pull_scope(ref.path),
+                               what=f"tags of {ref.name}").close()
+            except RegistryNotFoundError as tags_exc:
+                codes = error_codes(tags_exc)
+            except RegistryError:
+                pass
+        if "NAME_UNKNOWN" in codes:
+            return RegistryNotFoundError(f"repository {ref.name} not found on the registry")
+        return RegistryNotFoundError(f"manifest unknown: {what} not found on the registry")
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -212,12 +228,6 @@ class RegistryClient:
 def _path_of(url: str) -> str:
     parts = urlsplit(url)
     return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def _not_found(exc: RegistryNotFoundError, ref: Reference, what: str) -> RegistryNotFoundError:
-    if "NAME_UNKNOWN" in error_codes(exc):
-        return RegistryNotFoundError(f"repository {ref.name} not found on the registry")
-    return RegistryNotFoundError(f"manifest unknown: {what} not found on the registry")
 
 
 def _check_manifest_digest(data: bytes, reference: str, header: str | None,

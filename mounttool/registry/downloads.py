@@ -82,7 +82,7 @@ class _Resume:
             self.local.close()
             self.local = None
             self.from_network = True
-        return self.remote.read(size)
+        return self.remote.read1(size)
 
     def close(self) -> None:
         if self.local is not None:
@@ -104,6 +104,17 @@ def _open_range(client: RegistryClient, ref: Reference, desc: Descriptor,
     return resp, 0
 
 
+def _lock(path: Path) -> int:
+    """Open and flock ``path``, making sure the locked file is still the one at ``path``."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)
+
+
 class Downloader:
     """Fetches blobs of one pull into the staging directory."""
 
@@ -114,19 +125,21 @@ class Downloader:
 
     def fetch(self, desc: Descriptor, key: str) -> Path:
         """A verified file holding the blob (downloaded now, or by an earlier pull)."""
-        done = self.staging.done(desc.digest)
-        fd = os.open(self.staging.partial(desc.digest), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
+        done, partial = self.staging.done(desc.digest), self.staging.partial(desc.digest)
+        fd = _lock(partial)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             if done.exists():
-                self.progress.finish(key, "Download complete")
-                return done
-            if not self.resume:
-                os.ftruncate(fd, 0)
-            self._fetch_into(fd, desc, key)
-            os.fsync(fd)
-            os.rename(self.staging.partial(desc.digest), done)
+                partial.unlink()
+            else:
+                if not self.resume:
+                    os.ftruncate(fd, 0)
+                self._fetch_into(fd, desc, key)
+                os.fsync(fd)
+                os.rename(partial, done)
+        except BaseException as exc:
+            if isinstance(exc, DigestMismatchError) or os.fstat(fd).st_size == 0:
+                partial.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         self.progress.finish(key, "Download complete")
@@ -173,7 +186,6 @@ class Downloader:
                     self.progress.advance(key, len(chunk))
             reader.verify()
         except DigestMismatchError as exc:
-            os.ftruncate(fd, 0)
             raise DigestMismatchError(f"{exc}: the registry sent corrupt data (the download "
                                       "was discarded)") from None
         except RegistryUnavailableError as exc:

@@ -73,6 +73,13 @@ class Response:
         except (OSError, http.client.HTTPException) as exc:
             raise _socket_error(exc, self.where) from None
 
+    def read1(self, size: int = -1, /) -> bytes:
+        """What has arrived, at most ``size`` bytes (at least one unless at the end)."""
+        try:
+            return self._resp.read1(size)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _socket_error(exc, self.where) from None
+
     def close(self) -> None:
         self._resp.close()
         self._conn.close()

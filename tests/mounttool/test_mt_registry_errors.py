@@ -1,0 +1,167 @@
+"""Failures of pull and push: each one clear line, a non-zero status, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mt_helpers import F, make_tar, snapshot
+from mt_images import Img, build, sha, write_layout
+from mt_registry import FakeRegistry, Registry, Throttle, cli, free_port, registry_server
+
+from mounttool.images import ImageStore
+from mounttool.ingest import load_path
+from mounttool.store import Store
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from registry_server(tmp_path_factory)
+
+
+def stored_files(root: Path) -> list[str]:
+    """Regular files in the store proper (not its lock, staging or downloads)."""
+    return sorted(p for p, (mode, _, _) in snapshot(root).items()
+                  if not p.startswith("downloads") and mode & 0o170000 == 0o100000)
+
+
+def pushed(registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str], repo: str,
+           big: int = 0) -> Img:
+    img = build([make_tar([F("data", os.urandom(big) if big else repo.encode())])])
+    name = f"{registry.host}/{repo}:1"
+    layout = write_layout(tmp_path / f"layout-{repo.replace('/', '-')}", [(name, img)])
+    load_path(ImageStore(Store(tmp_path / "src")), layout)
+    assert cli(capsys, tmp_path / "src", "push", "--insecure", name).code == 0
+    return img
+
+
+def one_line_error(code: int, err: str, *parts: str) -> None:
+    assert code == 1, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for part in parts:
+        assert part in err, err
+
+
+def test_unknown_repository_and_tag(registry: Registry, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    pushed(registry, tmp_path, capsys, "known/repo")
+    res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"{registry.host}/no/such")
+    one_line_error(res.code, res.err, f"repository {registry.host}/no/such not found")
+    res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"{registry.host}/known/repo:nope")
+    one_line_error(res.code, res.err, "manifest unknown", "known/repo:nope")
+    assert stored_files(tmp_path / "dst") == []
+
+
+def test_corrupt_blob_on_the_server_is_detected(registry: Registry, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    img = pushed(registry, tmp_path, capsys, "corrupt/app", big=200_000)
+    layer = json.loads(img.manifest)["layers"][0]["digest"]
+    blob = registry.blob_file(layer)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"{registry.host}/corrupt/app:1")
+    one_line_error(res.code, res.err, f"blob {layer}", "does not match", "corrupt data")
+    assert stored_files(tmp_path / "dst") == []
+    assert list((tmp_path / "dst" / "downloads").iterdir()) == []
+
+
+def test_server_down_and_timeouts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"127.0.0.1:{port}/a/b")
+    one_line_error(res.code, res.err, f"registry 127.0.0.1:{port}", "connection refused")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        res = cli(capsys, tmp_path / "dst", "pull", "--insecure", "--timeout", "0.5",
+                  f"{host}/a/b")
+        assert time.monotonic() - start < 5
+    one_line_error(res.code, res.err, f"registry {host}", "timed out")
+    assert stored_files(tmp_path / "dst") == []
+
+
+def test_tls_is_verified_unless_told_otherwise(registry: Registry, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    res = cli(capsys, tmp_path / "dst", "pull", f"{registry.host}/a/b")
+    one_line_error(res.code, res.err, "TLS handshake failed", "--tls-verify=false")
+
+
+def _serve(fake: FakeRegistry, repo: str, manifest: bytes, media: str,
+           blobs: dict[str, bytes] | None = None, digest: str | None = None) -> None:
+    fake.routes["/v2/"] = lambda h: (200, {}, b"{}")
+    fake.serve_image(repo, "1", blobs or {}, manifest, media, lambda h: True)
+    if digest:
+        route = fake.routes[f"/v2/{repo}/manifests/"]
+
+        def lying(h: object) -> tuple[int, dict[str, str], bytes]:
+            status, headers, body = route(h)  # type: ignore[arg-type,misc]
+            return status, {**headers, "Docker-Content-Digest": digest}, body
+        fake.routes[f"/v2/{repo}/manifests/"] = lying  # type: ignore[assignment]
+
+
+def test_unsupported_media_types_and_manifest_digest_mismatch(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = build([make_tar([F("x", b"x")])])
+    weird = json.loads(img.manifest)
+    weird["layers"][0]["mediaType"] = "application/vnd.example.weird"
+    with FakeRegistry() as fake:
+        _serve(fake, "old/schema1", b'{"schemaVersion": 1}',
+               "application/vnd.docker.distribution.manifest.v1+prettyjws")
+        _serve(fake, "weird/layer", json.dumps(weird).encode(), OCI_MANIFEST, img.blobs)
+        _serve(fake, "lying/app", img.manifest, OCI_MANIFEST, img.blobs, digest=sha(b"other"))
+        dst = tmp_path / "dst"
+        res = cli(capsys, dst, "pull", "--insecure", f"{fake.host}/old/schema1:1")
+        one_line_error(res.code, res.err, "unsupported media type", "schema 1")
+        res = cli(capsys, dst, "pull", "--insecure", f"{fake.host}/weird/layer:1")
+        one_line_error(res.code, res.err, "unsupported media type",
+                       "application/vnd.example.weird")
+        res = cli(capsys, dst, "pull", "--insecure", f"{fake.host}/lying/app:1")
+        one_line_error(res.code, res.err, "digest mismatch", sha(b"other"))
+        res = cli(capsys, dst, "pull", "--insecure", f"{fake.host}/lying/app@{sha(b'x')}")
+        one_line_error(res.code, res.err, "digest mismatch")
+    assert stored_files(dst) == []
+
+
+def test_a_killed_pull_is_completed_by_the_next(registry: Registry, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    img = pushed(registry, tmp_path, capsys, "killed/app", big=3_000_000)
+    layer = json.loads(img.manifest)["layers"][0]["digest"]
+    proxy = Throttle(registry.host, hold_after=1_000_000)
+    dst = tmp_path / "dst"
+    ref = f"{proxy.host}/killed/app:1"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mounttool.cli_registry", "--root",
+                                 str(dst), "pull", "--insecure", ref],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proxy.held.wait(30), "the pull never reached the layer"
+        partial = dst / "downloads" / f"sha256-{layer.split(':')[1]}.partial"
+        deadline = time.monotonic() + 20
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert time.monotonic() < deadline, "no partial download appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=20)
+        assert stored_files(dst) == []  # killed before anything reached the store
+        kept = partial.stat().st_size
+        assert 0 < kept < 3_000_000
+        proxy.hold_after = None
+        proxy.release.set()
+        res = cli(capsys, dst, "pull", "--insecure", ref)
+    finally:
+        proxy.close()
+    assert res.code == 0, res.err
+    assert "resuming at" in res.out, res.out
+    assert f"Image ID: {img.id}" in res.out
+    assert (dst / "blobs" / "sha256" / layer.split(":")[1]).read_bytes() == img.blobs[layer]
+    assert list((dst / "downloads").iterdir()) == []
