@@ -100,6 +100,13 @@ class OCILayoutSource:
         return list(by_manifest.values())
 
     def resolve(self, desc: oci.Descriptor, depth: int) -> tuple[oci.Descriptor, bytes] | None:
+        if not desc.media_type:  # older writers leave it out: look at the content
+            data = read_blob(self.fs, desc, "manifest or index")
+            obj = oci.load_json(data, f"blob {desc.digest}")
+            kind = str(obj.get("mediaType") or (oci.OCI_INDEX if "manifests" in obj
+                                                 else oci.OCI_MANIFEST))
+            desc = oci.Descriptor(kind, desc.digest, desc.size, desc.annotations,
+                                  desc.platform, desc.urls)
         if desc.media_type in oci.INDEX_TYPES:
             if depth >= MAX_DEPTH:
                 raise InvalidImageError(f"{self.fs.name}: indexes nested too deeply")

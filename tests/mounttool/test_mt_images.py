@@ -294,3 +294,13 @@ def test_concurrent_loads_are_safe(store: Store, tmp_path: Path) -> None:
     cat = images(store).load()
     assert sorted(cat.tags) == [f"docker.io/library/app:{i}" for i in range(3)]
     assert len(images(store).layers.all()) == 4  # the base once, shared
+
+
+def test_index_entries_without_media_type(store: Store, tmp_path: Path) -> None:
+    a = build([OTHER])
+    lay = write_layout(tmp_path / "lay", [("app:1", a)])
+    idx = json.loads((lay / "index.json").read_text())
+    del idx["manifests"][0]["mediaType"]
+    (lay / "index.json").write_text(json.dumps(idx))
+    (loaded,) = load_path(images(store), lay)
+    assert str(loaded.id) == a.id
