@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from mounttool.registry.progress import Progress
 from mounttool.registry.transport import Response
 from mounttool.store import Store
 
+log = logging.getLogger(__name__)
 STALE_AFTER = 7 * 24 * 3600
 
 
@@ -70,9 +72,10 @@ class Staging:
 class _Resume:
     """The bytes already on disk, then the network: one stream for the verifier."""
 
-    def __init__(self, local: BinaryIO | None, remote: Response) -> None:
+    def __init__(self, local: BinaryIO | None, remote: Response, remote_size: int) -> None:
         self.local, self.remote = local, remote
         self.from_network = local is None
+        self.left = remote_size
 
     def read(self, size: int = -1, /) -> bytes:
         if self.local is not None:
@@ -82,7 +85,12 @@ class _Resume:
             self.local.close()
             self.local = None
             self.from_network = True
-        return self.remote.read1(size)
+        data = self.remote.read1(size)
+        self.left -= len(data)
+        if not data and self.left > 0 and size != 0:
+            raise RegistryUnavailableError(f"{self.remote.where}: the registry closed the "
+                                           "connection early")
+        return data
 
     def close(self) -> None:
         if self.local is not None:
@@ -119,9 +127,11 @@ class Downloader:
     """Fetches blobs of one pull into the staging directory."""
 
     def __init__(self, client: RegistryClient, ref: Reference, staging: Staging,
-                 progress: Progress, abort: threading.Event, resume: bool = True) -> None:
+                 progress: Progress, abort: threading.Event, resume: bool = True,
+                 retries: int = 2) -> None:
         self.client, self.ref, self.staging = client, ref, staging
         self.progress, self.abort, self.resume = progress, abort, resume
+        self.retries = retries
 
     def fetch(self, desc: Descriptor, key: str) -> Path:
         """A verified file holding the blob (downloaded now, or by an earlier pull)."""
@@ -133,7 +143,7 @@ class Downloader:
             else:
                 if not self.resume:
                     os.ftruncate(fd, 0)
-                self._fetch_into(fd, desc, key)
+                self._fetch_retrying(fd, desc, key)
                 os.fsync(fd)
                 os.rename(partial, done)
         except BaseException as exc:
@@ -144,6 +154,17 @@ class Downloader:
             os.close(fd)
         self.progress.finish(key, "Download complete")
         return done
+
+    def _fetch_retrying(self, fd: int, desc: Descriptor, key: str) -> None:
+        """Connection lost or timed out mid-blob: resume from what we have, a few times."""
+        for attempt in range(self.retries + 1):
+            try:
+                self._fetch_into(fd, desc, key)
+                return
+            except RegistryUnavailableError as exc:
+                if attempt == self.retries or self.abort.is_set():
+                    raise
+                log.info("%s; retrying (%d of %d)", exc, attempt + 1, self.retries)
 
     def _fetch_into(self, fd: int, desc: Descriptor, key: str) -> None:
         have = os.fstat(fd).st_size
@@ -157,7 +178,7 @@ class Downloader:
             os.ftruncate(fd, 0)
         self.progress.start(key, desc.size, "Downloading", offset)
         local = open(self.staging.partial(desc.digest), "rb") if offset else None  # noqa: SIM115
-        source = _Resume(local, resp)
+        source = _Resume(local, resp, desc.size - offset)
         try:
             self._stream(fd, source, desc, key, offset)
         finally:

@@ -64,6 +64,8 @@ class LineProgress:
             self.out.flush()
 
     def start(self, key: str, total: int, note: str, done: int = 0) -> None:
+        if note == "Waiting":
+            return
         extra = f" (resuming at {human(done)})" if done else ""
         self._print(f"{key}: {note} {human(total)}{extra}")
 

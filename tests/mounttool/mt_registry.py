@@ -224,11 +224,14 @@ class FakeRegistry:
 
 class Throttle:
     """TCP proxy to ``target``; with ``hold_after`` set, stalls a response after that many bytes
-    of it, sets ``held`` and waits for ``release`` (or the client to go away)."""
+    of it, sets ``held`` and waits for ``release``; with ``cut_after``, drops one response."""
 
-    def __init__(self, target: str, hold_after: int | None = None) -> None:
+    def __init__(self, target: str, hold_after: int | None = None,
+                 cut_after: int | None = None) -> None:
         self.target = target
         self.hold_after = hold_after
+        self.cut_after = cut_after
+        """Drop the first response that grows past this many bytes (then forward normally)."""
         self.held = threading.Event()
         self.release = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -244,22 +247,27 @@ class Throttle:
                 return
             host, port = self.target.split(":")
             upstream = socket.create_connection((host, int(port)))
-            threading.Thread(target=self._pipe, args=(client, upstream, None),
+            threading.Thread(target=self._pipe, args=(client, upstream, False),
                              daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, self.hold_after),
+            threading.Thread(target=self._pipe, args=(upstream, client, True),
                              daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, hold: int | None) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, response: bool) -> None:
         sent = 0
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                if hold is not None and sent + len(data) > hold:
-                    dst.sendall(data[:max(0, hold - sent)])
+                if response and self.cut_after is not None and sent + len(data) > self.cut_after:
+                    self.cut_after = None
+                    dst.sendall(data[:1000])
+                    break
+                hold = self.hold_after if response else None
+                if hold is not None and sent <= hold < sent + len(data):
+                    dst.sendall(data[:hold - sent])
                     self.held.set()
                     self.release.wait()
-                    data = data[max(0, hold - sent):]
-                    hold = None
-                dst.sendall(data)
+                    dst.sendall(data[hold - sent:])
+                else:
+                    dst.sendall(data)
                 sent += len(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):

@@ -165,3 +165,16 @@ def test_a_killed_pull_is_completed_by_the_next(registry: Registry, tmp_path: Pa
     assert f"Image ID: {img.id}" in res.out
     assert (dst / "blobs" / "sha256" / layer.split(":")[1]).read_bytes() == img.blobs[layer]
     assert list((dst / "downloads").iterdir()) == []
+
+
+def test_a_dropped_connection_is_resumed_within_the_pull(
+        registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = pushed(registry, tmp_path, capsys, "dropped/app", big=2_000_000)
+    proxy = Throttle(registry.host, cut_after=500_000)
+    try:
+        res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"{proxy.host}/dropped/app:1")
+    finally:
+        proxy.close()
+    assert res.code == 0, res.err
+    assert proxy.cut_after is None  # the cut happened
+    assert "resuming at" in res.out and f"Image ID: {img.id}" in res.out
