@@ -205,7 +205,44 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("-a", "--author")
     p.add_argument("-c", "--change", action="append", metavar="'INSTR ARGS'")
     p.set_defaults(func=cmd_commit)
+    p = sub.add_parser("tree", help="the merged tree and the layer each entry comes from")
+    p.add_argument("target", metavar="IMAGE|CONTAINER")
+    p.add_argument("path", nargs="?", metavar="PATH", help="only below this path")
+    p.set_defaults(func=cmd_tree)
     p = sub.add_parser("export", help="a container's merged rootfs as a tar")
     p.add_argument("container")
     p.add_argument("-o", "--output", metavar="FILE")
     p.set_defaults(func=cmd_export)
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    """Each entry of an image's or container's merged tree, with the layer that provides it."""
+    images, containers = _ctx(args)
+    with images.store.locked(exclusive=False):
+        layers, labels = _layers_of(images, containers, args.target)
+        view = OverlayView(layers)
+        start = tuple(p.encode() for p in Path("/" + (args.path or "")).parts[1:])
+        if start and view.lookup(start) is None:
+            raise MountToolError(f"{args.path}: not in {args.target}")
+        by_root = {os.fsencode(p): lab for p, lab in zip(layers, labels, strict=True)}
+        rows = [[by_root[e.layer], "/" + os.fsdecode(b"/".join(e.parts))]
+                for e in view.walk(start)]
+    print(table(["LAYER", "PATH"], rows))
+    return 0
+
+
+def _layers_of(images: ImageStore, containers: Containers,
+               word: str) -> tuple[list[Path], list[str]]:
+    """Layers top first, and labels: ``upper`` and ``#N <chain id>`` (#1 is the base)."""
+    try:
+        c = containers.get(word)
+    except MountToolError:
+        c = None
+    cat = images.load()
+    image = images.resolve(cat, c.image if c else word)
+    chains = images.info(cat, image).chain_ids
+    layers = [images.layers.diff_dir(ch) for ch in reversed(chains)]
+    labels = [f"#{len(chains) - i} {ch.short}" for i, ch in enumerate(reversed(chains))]
+    if c is not None:
+        return [containers.upper(c), *layers], ["upper", *labels]
+    return layers, labels

@@ -1,0 +1,3 @@
+#!/bin/sh
+. /etc/app.conf
+echo "$greeting from the demo app"
