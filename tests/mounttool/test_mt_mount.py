@@ -107,3 +107,12 @@ def test_mount_failure_is_one_line(run: Run, tmp_path: Path) -> None:
     err = run("mount", "c1", str(target), code=1)
     assert "mount" in err
     assert "Created" in run("ps", "-a")
+
+
+def test_demo_tour_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from mounttool.demo.tour import main
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "c--------- 1 root root 0, 0" in out  # the whiteout, as ls -l shows it
+    assert "D /etc/hostname" in out and "greeting=hallo" in out
+    assert not live_mounts() or all("mounttool-tour-" not in m for m in live_mounts())
