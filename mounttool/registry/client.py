@@ -50,9 +50,9 @@ def _media_type(content_type: str | None, data: bytes) -> str:
         return declared
     try:
         obj = json.loads(data)
-        inner = obj.get("mediaType") if isinstance(obj, dict) else None
     except ValueError:
-        inner = None
+        obj = None
+    inner = obj.get("mediaType") if isinstance(obj, dict) else None
     if isinstance(inner, str) and inner:
         return inner
     if declared in ("", "application/json", "text/plain") and isinstance(obj, dict):

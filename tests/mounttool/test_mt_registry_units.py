@@ -1,0 +1,93 @@
+"""Registry pieces without a server: progress displays, credential files, media types."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from mounttool.errors import MountToolError
+from mounttool.registry import credentials
+from mounttool.registry.auth import Credentials
+from mounttool.registry.client import _media_type
+from mounttool.registry.progress import LineProgress, TTYProgress, make_progress
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_redraws_bars() -> None:
+    out = FakeTTY()
+    progress = make_progress(False, out)
+    assert isinstance(progress, TTYProgress)
+    progress.start("aaa", 1000, "Downloading")
+    progress.start("bbb", 1000, "Downloading")
+    progress.advance("aaa", 500)
+    progress.finish("bbb", "Download complete")
+    progress.close()
+    text = out.getvalue()
+    assert "\x1b[" in text  # cursor movement: lines are redrawn in place
+    last = text.rsplit("\x1b[J", 1)[1].splitlines()
+    assert last[0].startswith("aaa: Downloading") and "500B/1.0kB" in last[0]
+    assert last[1] == "bbb: Download complete"
+    assert last[2] == "total: 1.5kB/2.0kB"
+
+
+def test_line_progress_and_quiet() -> None:
+    out = io.StringIO()
+    progress = make_progress(False, out)
+    assert isinstance(progress, LineProgress)
+    progress.start("aaa", 2_500_000, "Waiting")
+    progress.start("aaa", 2_500_000, "Downloading", done=1_000_000)
+    progress.advance("aaa", 10)
+    progress.finish("aaa", "Download complete")
+    assert out.getvalue().splitlines() == ["aaa: Downloading 2.5MB (resuming at 1.0MB)",
+                                           "aaa: Download complete"]
+    quiet = io.StringIO()
+    q = make_progress(True, quiet)
+    q.start("aaa", 1, "Downloading")
+    q.finish("aaa", "Download complete")
+    assert quiet.getvalue() == ""
+
+
+def test_credentials_files(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "dc")}
+    (tmp_path / "dc").mkdir()
+    hub = base64.b64encode(b"hubuser:hubpw").decode()
+    (tmp_path / "dc" / "config.json").write_text(json.dumps({"auths": {
+        "https://index.docker.io/v1/": {"auth": hub},
+        "quay.io": {"identitytoken": "idtok"},
+        "broken.example": {"auth": base64.b64encode(b"nocolon").decode()}}}))
+    assert credentials.lookup("docker.io", environ=env) == Credentials("hubuser", "hubpw")
+    assert credentials.lookup("quay.io", environ=env) == Credentials("<token>", "idtok")
+    assert credentials.lookup("other.example", environ=env) is None
+    with pytest.raises(MountToolError, match="not base64"):
+        credentials.lookup("broken.example", environ=env)
+
+    mine = tmp_path / "auth.json"
+    mine.write_text(json.dumps({"auths": {"keep.example": {"auth": hub}}, "other": 1}))
+    credentials.save("reg.example:5000", Credentials("u", "p"), mine)
+    obj = json.loads(mine.read_text())
+    assert obj["other"] == 1 and set(obj["auths"]) == {"keep.example", "reg.example:5000"}
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o600
+    assert credentials.lookup("reg.example:5000", mine) == Credentials("u", "p")
+    assert credentials.erase("reg.example:5000", mine)
+    assert not credentials.erase("reg.example:5000", mine)
+    assert credentials.mounttool_auth_file({"HOME": "/h"}) == Path("/h/.config/mounttool/auth.json")
+    assert credentials.docker_config_file({"HOME": "/h"}) == Path("/h/.docker/config.json")
+
+
+def test_manifest_media_type_negotiation() -> None:
+    oci_index = "application/vnd.oci.image.index.v1+json"
+    assert _media_type(oci_index + "; charset=utf-8", b"{}") == oci_index
+    assert _media_type("application/json", b'{"schemaVersion":2,"manifests":[]}') == oci_index
+    assert _media_type("application/json", b'{"schemaVersion":2,"layers":[]}') == \
+        "application/vnd.oci.image.manifest.v1+json"
+    assert _media_type("text/html", b"<html>") == "text/html"
+    assert _media_type("application/json", b"not json") == "application/json"
