@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,35 @@ def test_a_dropped_connection_is_resumed_within_the_pull(
     assert res.code == 0, res.err
     assert proxy.cut_after is None  # the cut happened
     assert "resuming at" in res.out and f"Image ID: {img.id}" in res.out
+
+
+def test_a_layer_that_fails_to_unpack_leaves_nothing(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    img = build([make_tar([F("a", b"a")]), make_tar([F("b", b"b")])],
+                diff_ids=[sha(b"not the layer"), sha(b"nor this")])
+    with FakeRegistry() as fake:
+        _serve(fake, "bad/diffid", img.manifest, OCI_MANIFEST, img.blobs)
+        res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"{fake.host}/bad/diffid:1")
+    one_line_error(res.code, res.err, "does not match")
+    assert stored_files(tmp_path / "dst") == []
+    assert list((tmp_path / "dst" / "downloads").iterdir()) == []
+    assert list((tmp_path / "dst" / "layers" / "sha256").iterdir()) == []
+
+
+def test_layers_download_concurrently(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = build([make_tar([F(f"f{i}", os.urandom(1000))]) for i in range(3)])
+    layers = {d["digest"] for d in json.loads(img.manifest)["layers"]}
+    barrier = threading.Barrier(3, timeout=10)
+    with FakeRegistry() as fake:
+        _serve(fake, "par/app", img.manifest, OCI_MANIFEST, img.blobs)
+        plain = fake.routes["/v2/par/app/blobs/"]
+
+        def together(h: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes] | None:
+            if h.path.rsplit("/", 1)[1] in layers:
+                barrier.wait()  # only passes when all three layer requests are in flight
+            return plain(h)
+        fake.routes["/v2/par/app/blobs/"] = together
+        res = cli(capsys, tmp_path / "dst", "pull", "--insecure", "-j", "3",
+                  f"{fake.host}/par/app:1")
+    assert res.code == 0, res.err
+    assert not barrier.broken
