@@ -107,3 +107,30 @@ def syncfs(path: Path) -> None:
         os.sync()
     finally:
         os.close(fd)
+
+
+def set_xattrs_fd(fd: int, ti: tarfile.TarInfo) -> None:
+    for key, value in xattrs_of(ti):
+        setxattr(fd, key, value, ti)
+
+
+def set_xattrs_at(pfd: int, name: bytes, ti: tarfile.TarInfo) -> None:
+    """xattrs on ``name`` in the directory ``pfd``, never following a symlink."""
+    if not any(k.startswith(XATTR_PREFIX) for k in ti.pax_headers):
+        return
+    path = b"/proc/self/fd/%d/%s" % (pfd, name)
+    for key, value in xattrs_of(ti):
+        setxattr(path, key, value, ti)
+
+
+def set_owner_xattrs(pfd: int, name: bytes | None, ti: tarfile.TarInfo,
+                     same_owner: bool) -> None:
+    """Owner and xattrs of ``name`` in ``pfd`` (of ``pfd`` itself when name is None)."""
+    if name is None:
+        if same_owner:
+            os.fchown(pfd, ti.uid, ti.gid)
+        set_xattrs_fd(pfd, ti)
+        return
+    if same_owner:
+        os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+    set_xattrs_at(pfd, name, ti)

@@ -210,3 +210,19 @@ def read_member(tar: tarfile.TarFile, ti: tarfile.TarInfo, what: str) -> IO[byte
     if f is None:
         raise CorruptLayerError(f"{what}: cannot read the data of {ti.name!r}")
     return f
+
+
+class LimitedReader:
+    """Stops a stream that grows past ``limit`` bytes (a guard against tar bombs)."""
+
+    def __init__(self, raw: Readable, limit: int | None, what: str) -> None:
+        self._raw, self._limit, self._what = raw, limit, what
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        self.size += len(data)
+        if self._limit is not None and self.size > self._limit:
+            raise CorruptLayerError(f"{self._what}: larger than the limit of {self._limit} "
+                                    "bytes uncompressed")
+        return data

@@ -31,15 +31,22 @@ from mounttool.digest import CHUNK, Digest, VerifyingReader
 from mounttool.errors import CorruptLayerError, UnsafeLayerError
 from mounttool.fsutil import (
     DIR_FLAGS,
-    XATTR_PREFIX,
     lower_dir_stat,
     remove,
-    setxattr,
+    set_owner_xattrs,
+    set_xattrs_at,
+    set_xattrs_fd,
     syncfs,
     times,
-    xattrs_of,
 )
-from mounttool.tarstream import Tracker, clean_path, iter_members, open_layer_stream, read_member
+from mounttool.tarstream import (
+    LimitedReader,
+    Tracker,
+    clean_path,
+    iter_members,
+    open_layer_stream,
+    read_member,
+)
 from mounttool.tarstream import show as _show
 from unionfs.whiteout import (
     KERNEL_FORMAT,
@@ -179,7 +186,7 @@ class _Unpacker:
         if not parts:
             if not ti.isdir():
                 raise CorruptLayerError("layer entry for the root is not a directory")
-            self._set_owner_xattrs(self.root_fd, None, ti)
+            set_owner_xattrs(self.root_fd, None, ti, self.opts.same_owner)
             self.dirs[()] = ti
             return
         if any(c.startswith(_META_PREFIX) for c in parts) and parts[-1] != OPAQUE_MARKER:
@@ -219,7 +226,7 @@ class _Unpacker:
             old = None
         if old is not None:
             if ti.isdir() and stat.S_ISDIR(old.st_mode):
-                self._set_owner_xattrs(pfd, name, ti)
+                set_owner_xattrs(pfd, name, ti, self.opts.same_owner)
                 self.dirs[parts] = ti
                 return
             if stat.S_ISDIR(old.st_mode):
@@ -227,7 +234,7 @@ class _Unpacker:
             remove(pfd, name, old)
         if ti.isdir():
             os.mkdir(name, 0o700, dir_fd=pfd)
-            self._set_owner_xattrs(pfd, name, ti)
+            set_owner_xattrs(pfd, name, ti, self.opts.same_owner)
             self.dirs[parts] = ti
         elif ti.islnk():
             self._hardlink(pfd, parts, ti)
@@ -251,7 +258,7 @@ class _Unpacker:
             if self.opts.same_owner:
                 os.fchown(fd, ti.uid, ti.gid)
             os.fchmod(fd, ti.mode & 0o7777)
-            self._xattrs(fd, ti)
+            set_xattrs_fd(fd, ti)
             os.utime(fd, ns=times(ti))
         finally:
             os.close(fd)
@@ -275,7 +282,7 @@ class _Unpacker:
             os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
         if not ti.issym():
             os.chmod(name, ti.mode & 0o7777, dir_fd=pfd)
-        self._set_xattrs_at(pfd, name, ti)
+        set_xattrs_at(pfd, name, ti)
         os.utime(name, ns=times(ti), dir_fd=pfd, follow_symlinks=False)
 
     def _hardlink(self, pfd: int, parts: Parts, ti: tarfile.TarInfo) -> None:
@@ -301,28 +308,6 @@ class _Unpacker:
                     follow_symlinks=False)
         finally:
             os.close(tfd)
-
-    # -- attributes ----------------------------------------------------------------------------
-    def _set_owner_xattrs(self, pfd: int, name: bytes | None, ti: tarfile.TarInfo) -> None:
-        if name is None:
-            if self.opts.same_owner:
-                os.fchown(pfd, ti.uid, ti.gid)
-            self._xattrs(pfd, ti)
-            return
-        if self.opts.same_owner:
-            os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
-        self._set_xattrs_at(pfd, name, ti)
-
-    def _set_xattrs_at(self, pfd: int, name: bytes, ti: tarfile.TarInfo) -> None:
-        if not any(k.startswith(XATTR_PREFIX) for k in ti.pax_headers):
-            return
-        path = b"/proc/self/fd/%d/%s" % (pfd, name)
-        for key, value in xattrs_of(ti):
-            setxattr(path, key, value, ti)
-
-    def _xattrs(self, fd: int, ti: tarfile.TarInfo) -> None:
-        for key, value in xattrs_of(ti):
-            setxattr(fd, key, value, ti)
 
     # -- the end -------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -392,7 +377,7 @@ def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
     opts = opts or UnpackOptions()
     stream, compression = open_layer_stream(src, what)
     verifier = VerifyingReader(stream, expected, None, f"{what} (uncompressed)")
-    limited = _Limit(verifier, opts.max_bytes, what)
+    limited = LimitedReader(verifier, opts.max_bytes, what)
     tracker = Tracker(limited)
     root_fd = os.open(dest, DIR_FLAGS)
     parent_fd = os.open(dest.parent, DIR_FLAGS)
@@ -410,18 +395,6 @@ def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
         os.close(root_fd)
         os.close(parent_fd)
     return UnpackResult(diff_id, verifier.size, unpacker.entries, compression)
-
-
-class _Limit:
-    def __init__(self, raw: VerifyingReader, limit: int | None, what: str) -> None:
-        self._raw, self._limit, self._what = raw, limit, what
-
-    def read(self, size: int = -1, /) -> bytes:
-        data = self._raw.read(size)
-        if self._limit is not None and self._raw.size > self._limit:
-            raise CorruptLayerError(f"{self._what}: larger than the limit of {self._limit} "
-                                    "bytes uncompressed")
-        return data
 
 
 def unpack_layer(src: BinaryIO, dest: Path, expected: Digest | None = None,
