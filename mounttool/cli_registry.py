@@ -49,6 +49,8 @@ def _connection_args(p: argparse.ArgumentParser, auth: bool = True) -> None:
     p.add_argument("--insecure", action="store_true", help="same as --tls-verify=false")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECS",
                    help="network timeout in seconds (default 30)")
+    p.add_argument("--ca-file", metavar="PEM", help="trust only these CA certificates "
+                   "(default: the system's, or $SSL_CERT_FILE)")
     if auth:
         p.add_argument("--authfile", type=Path, help="credentials file (default: mounttool's, "
                        "then docker's config.json)")
@@ -107,7 +109,8 @@ def _client(args: argparse.Namespace, registry: str,
             creds: Credentials | None = None) -> RegistryClient:
     if creds is None:
         creds = credentials.lookup(registry, args.authfile)
-    opts = RegistryOptions(insecure=_insecure(args, registry), timeout=args.timeout)
+    opts = RegistryOptions(insecure=_insecure(args, registry), timeout=args.timeout,
+                           ca_file=args.ca_file)
     return RegistryClient(Transport(registry, opts, creds))
 
 

@@ -130,7 +130,12 @@ class Transport:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        return ssl.create_default_context(cafile=self.opts.ca_file)
+        try:
+            return ssl.create_default_context(cafile=self.opts.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise RegistryError(f"cannot load CA certificates from {self.opts.ca_file}: "
+                                f"{reason}") from None
 
     def _connect(self, url: str) -> http.client.HTTPConnection:
         parts = urlsplit(url)

@@ -64,14 +64,15 @@ class Registry:
             conn.close()
 
 
-def _config(root: Path, port: int, htpasswd: Path | None) -> str:
+def _config(root: Path, port: int, htpasswd: Path | None, tls: tuple[Path, Path] | None) -> str:
     auth = (f"auth:\n  htpasswd:\n    realm: test-realm\n    path: {htpasswd}\n"
             if htpasswd else "")
+    tls_conf = (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "")
     return (f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
             f"  delete:\n    enabled: true\n"
             f"  maintenance:\n    uploadpurging:\n      enabled: false\n"
-            f"http:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n{auth}")
+            f"http:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n{tls_conf}{auth}")
 
 
 def _wait_ready(host: str, proc: subprocess.Popen[bytes], deadline: float) -> None:
@@ -88,7 +89,8 @@ def _wait_ready(host: str, proc: subprocess.Popen[bytes], deadline: float) -> No
 
 
 @contextlib.contextmanager
-def run_registry(root: Path, users: dict[str, str] | None = None) -> Iterator[Registry]:
+def run_registry(root: Path, users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> Iterator[Registry]:
     """A registry on a free loopback port; stopped (and waited for) on exit."""
     root.mkdir(parents=True, exist_ok=True)
     htpasswd = None
@@ -98,7 +100,7 @@ def run_registry(root: Path, users: dict[str, str] | None = None) -> Iterator[Re
                                 text=True).stdout.strip() for u, p in users.items()]
         htpasswd.write_text("\n".join(lines) + "\n")
     port = free_port()
-    (root / "config.yml").write_text(_config(root, port, htpasswd))
+    (root / "config.yml").write_text(_config(root, port, htpasswd, tls))
     log = open(root / "registry.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([REGISTRY_BIN, "serve", str(root / "config.yml")],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -116,12 +118,23 @@ def run_registry(root: Path, users: dict[str, str] | None = None) -> Iterator[Re
         log.close()
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate (and key) for 127.0.0.1, made with openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 def registry_server(tmp_path_factory: pytest.TempPathFactory,
-                    users: dict[str, str] | None = None) -> Iterator[Registry]:
+                    users: dict[str, str] | None = None, tls: bool = False
+                    ) -> Iterator[Registry]:
     """The body of a module-scoped fixture: skip (with the reason) when not installed."""
     if registry_missing():
         pytest.skip(registry_missing() or "")
-    with run_registry(tmp_path_factory.mktemp("registry"), users) as reg:
+    root = tmp_path_factory.mktemp("registry")
+    with run_registry(root, users, self_signed(root) if tls else None) as reg:
         yield reg
 
 
