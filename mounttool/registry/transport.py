@@ -91,6 +91,10 @@ class Response:
         self.close()
 
 
+class TLSHandshakeError(RegistryUnavailableError):
+    """The server did not complete a TLS handshake (often: it speaks plain HTTP)."""
+
+
 def _socket_error(exc: BaseException, where: str) -> RegistryUnavailableError:
     if isinstance(exc, TimeoutError | socket.timeout):
         return RegistryUnavailableError(f"{where}: timed out waiting for the registry")
@@ -103,7 +107,7 @@ def _socket_error(exc: BaseException, where: str) -> RegistryUnavailableError:
         return RegistryUnavailableError(f"{where}: TLS certificate not trusted "
                                         f"({exc.verify_message})")
     if isinstance(exc, ssl.SSLError):
-        return RegistryUnavailableError(f"{where}: TLS handshake failed ({exc.reason}); if "
+        return TLSHandshakeError(f"{where}: TLS handshake failed ({exc.reason}); if "
                                         "the registry serves plain HTTP, use --tls-verify=false")
     if isinstance(exc, http.client.IncompleteRead | http.client.RemoteDisconnected):
         return RegistryUnavailableError(f"{where}: the registry closed the connection early")
@@ -119,7 +123,6 @@ class Transport:
         self.registry = registry
         self.opts = opts
         self.auth = Authenticator(registry, creds)
-        self._scheme = "https"
         self._probed = not opts.insecure
         self._lock = threading.Lock()
         self.base = f"https://{endpoint_host(registry)}"
@@ -176,9 +179,7 @@ class Transport:
             host = endpoint_host(self.registry)
             try:
                 self.raw("GET", f"https://{host}/v2/", {}).close()
-            except RegistryUnavailableError as exc:
-                if "TLS" not in str(exc):
-                    raise
+            except TLSHandshakeError:
                 self.base = f"http://{host}"
                 log.debug("registry %s does not speak TLS: using plain HTTP", self.registry)
             self._probed = True
