@@ -208,6 +208,8 @@ def _ask_credentials(args: argparse.Namespace) -> Credentials:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif args.password is not None:
+        print("WARNING! Using --password on the command line is insecure: other users can see "
+              "it; use --password-stdin.", file=sys.stderr)
         password = args.password
     elif sys.stdin.isatty():
         password = getpass.getpass("Password: ")

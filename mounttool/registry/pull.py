@@ -54,13 +54,13 @@ class PullResult:
 
 
 def resolve(client: RegistryClient, ref: Reference,
-            want: oci.Platform | None) -> FetchedManifest:
-    """The image manifest a reference means on this platform."""
+            want: oci.Platform | None) -> tuple[FetchedManifest, bool]:
+    """The image manifest a reference means on this platform; True if picked from an index."""
     reference = str(ref.digest) if ref.digest else (ref.tag or "latest")
     fetched = client.get_manifest(ref, reference)
-    for _ in range(2):
+    for depth in range(2):
         if not fetched.is_index:
-            return fetched
+            return fetched, depth > 0
         index = oci.Index.parse(fetched.data, f"index {ref}")
         try:
             desc = oci.select_platform(index, want)
@@ -79,6 +79,13 @@ def parse_manifest(fetched: FetchedManifest, ref: Reference) -> oci.Manifest:
         raise
 
 
+def _check_platform(config: bytes, want: oci.Platform, ref: Reference) -> None:
+    plat = oci.ImageConfig.parse(config, f"config of {ref.familiar}").platform
+    if (plat.os, plat.architecture) != (want.os, want.architecture) or (
+            want.variant and plat.variant and want.variant != plat.variant):
+        raise PlatformNotFoundError(f"{ref.familiar} is an image for {plat}, not {want}")
+
+
 class Puller:
     def __init__(self, images: ImageStore, client: RegistryClient, progress: Progress,
                  opts: PullOptions) -> None:
@@ -90,9 +97,11 @@ class Puller:
         self.store.ensure()
         self.staging.ensure()
         self.staging.prune()
-        fetched = resolve(self.client, ref, self.opts.platform)
+        fetched, from_index = resolve(self.client, ref, self.opts.platform)
         manifest = parse_manifest(fetched, ref)
         config = self._config(ref, manifest.config)
+        if self.opts.platform is not None and not from_index:
+            _check_platform(config, self.opts.platform, ref)
         names = [str(ref)] if ref.digest is None else []
         if self._up_to_date(manifest, fetched.digest, names):
             return PullResult(ref, manifest.config.digest, fetched.digest, 0, True)

@@ -154,6 +154,9 @@ def test_index_platform_selection(registry: Registry, tmp_path: Path,
                                     "(has: linux/amd64, linux/arm64)"), res.err
     assert len(res.err.splitlines()) == 1
     assert snapshot(tmp_path / "dst") == before
+    res = cli(capsys, tmp_path / "dst", "pull", "--insecure", "--platform", "linux/amd64",
+              f"{registry.host}/multi/app:arm")
+    assert res.code == 1 and "is an image for linux/arm64, not linux/amd64" in res.err
     res = cli(capsys, tmp_path / "dst", "pull", "--insecure", "--platform", "linux", ref)
     assert res.code == 2 and "os/arch[/variant]" in res.err
 
