@@ -35,6 +35,8 @@ def options(lowers: list[Path], upper: Path | None, work: Path | None) -> str:
         opts += f",upperdir={_check_path(upper)},workdir={_check_path(work)}"
     else:
         opts += ",ro"
+    if os.geteuid() != 0:
+        opts += ",userxattr"  # layers unpacked without root mark opaque dirs in user.overlay.*
     return opts
 
 

@@ -51,6 +51,7 @@ from mounttool.tarstream import show as _show
 from unionfs.whiteout import (
     KERNEL_FORMAT,
     OPAQUE_MARKER,
+    USERXATTR_FORMAT,
     WHITEOUT_PREFIX,
     WhiteoutFormat,
     make_whiteout,
@@ -69,11 +70,17 @@ def show(parts: Parts) -> str:
     return _show(b"/".join(parts)) or "/"
 
 
+def default_format() -> WhiteoutFormat:
+    """root: the kernel format; others: char 0/0 whiteouts (unprivileged since Linux 5.8) and
+    ``user.overlay.opaque`` (mount with ``-o userxattr``)."""
+    return KERNEL_FORMAT if os.geteuid() == 0 else USERXATTR_FORMAT
+
+
 @dataclass(frozen=True, slots=True)
 class UnpackOptions:
     same_owner: bool = field(default_factory=lambda: os.geteuid() == 0)
     allow_devices: bool = field(default_factory=lambda: os.geteuid() == 0)
-    whiteout_format: WhiteoutFormat = KERNEL_FORMAT
+    whiteout_format: WhiteoutFormat = field(default_factory=lambda: default_format())
     max_entries: int | None = None
     max_bytes: int | None = None
     """Limit on the uncompressed tar size (a guard against tar bombs)."""
@@ -270,9 +277,9 @@ class _Unpacker:
         elif ti.isfifo():
             os.mkfifo(name, 0o600, dir_fd=pfd)
         else:
-            if not self.opts.allow_devices:
-                raise UnsafeLayerError(f"layer entry {show(parts)!r}: device nodes are not "
-                                       "allowed here")
+            if not self.opts.allow_devices:  # as moby/containerd do without CAP_MKNOD
+                log.warning("skipping device node %s: not allowed here", show(parts))
+                return
             if ti.ischr() and ti.devmajor == 0 and ti.devminor == 0:
                 raise CorruptLayerError(f"layer entry {show(parts)!r}: a char device 0/0 is "
                                         "an overlay whiteout; OCI layers use .wh. files")

@@ -158,10 +158,13 @@ def test_hostile_or_broken_entries(tmp_path: Path, entries: list[E], err: type[E
     assert not (tmp_path / "evil").exists()
 
 
-def test_devices_refused_when_not_allowed(tmp_path: Path) -> None:
-    with pytest.raises(UnsafeLayerError, match="device nodes are not allowed"):
-        unpack(tmp_path, make_tar([E("dev/null", tarfile.CHRTYPE, dev=(1, 3))]),
-               opts=UnpackOptions(allow_devices=False))
+def test_devices_skipped_when_not_allowed(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    t = read_tree(unpack(tmp_path, make_tar([E("dev/null", tarfile.CHRTYPE, dev=(1, 3)),
+                                             F("dev/keep")]),
+                         opts=UnpackOptions(allow_devices=False)), times=False)
+    assert "dev/null" not in t and "dev/keep" in t
+    assert "skipping device node dev/null" in caplog.text
 
 
 def test_overlay_private_xattrs_are_dropped(tmp_path: Path) -> None:
