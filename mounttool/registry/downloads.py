@@ -38,6 +38,10 @@ class Aborted(Exception):
     """Another download of the same pull failed: stop, keep what we have."""
 
 
+class _ResumedMismatch(DigestMismatchError):
+    """A resumed download failed verification: the bytes kept from before may be the bad ones."""
+
+
 class Staging:
     """The downloads directory of a store."""
 
@@ -161,6 +165,11 @@ class Downloader:
             try:
                 self._fetch_into(fd, desc, key)
                 return
+            except _ResumedMismatch as exc:
+                if attempt == self.retries:
+                    raise
+                log.info("%s; downloading it again from the start", exc)
+                os.ftruncate(fd, 0)
             except RegistryUnavailableError as exc:
                 if attempt == self.retries or self.abort.is_set():
                     raise
@@ -195,6 +204,7 @@ class Downloader:
 
     def _stream(self, fd: int, source: _Resume, desc: Descriptor, key: str,
                 pos: int) -> None:
+        resumed = pos > 0
         reader = VerifyingReader(source, desc.digest, desc.size,
                                  f"blob {desc.digest} from {self.ref.name}")
         try:
@@ -207,6 +217,8 @@ class Downloader:
                     self.progress.advance(key, len(chunk))
             reader.verify()
         except DigestMismatchError as exc:
+            if resumed:
+                raise _ResumedMismatch(str(exc)) from None
             raise DigestMismatchError(f"{exc}: the registry sent corrupt data (the download "
                                       "was discarded)") from None
         except RegistryUnavailableError as exc:

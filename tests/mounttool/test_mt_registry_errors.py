@@ -212,3 +212,23 @@ def test_layers_download_concurrently(tmp_path: Path, capsys: pytest.CaptureFixt
                   f"{fake.host}/par/app:1")
     assert res.code == 0, res.err
     assert not barrier.broken
+
+
+def test_a_bad_partial_download_is_replaced_or_discarded(
+        registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = pushed(registry, tmp_path, capsys, "badpartial/app", big=100_000)
+    layer = json.loads(img.manifest)["layers"][0]["digest"]
+    downloads = tmp_path / "dst" / "downloads"
+    downloads.mkdir(parents=True)
+    partial = downloads / f"sha256-{layer.split(':')[1]}.partial"
+    ref = f"{registry.host}/badpartial/app:1"
+    partial.write_bytes(b"garbage that is not the start of the blob")
+    res = cli(capsys, tmp_path / "dst", "pull", "--insecure", ref)
+    assert res.code == 0, res.err  # resumed, failed verification, fetched again whole
+    assert "resuming at" in res.out and f"Image ID: {img.id}" in res.out
+    assert list(downloads.iterdir()) == []
+
+    (tmp_path / "dst2" / "downloads").mkdir(parents=True)
+    (tmp_path / "dst2" / "downloads" / partial.name).write_bytes(b"more garbage")
+    res = cli(capsys, tmp_path / "dst2", "pull", "--insecure", "--no-resume", ref)
+    assert res.code == 0 and "resuming" not in res.out, res.err
