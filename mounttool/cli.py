@@ -75,7 +75,12 @@ def cmd_images(args: argparse.Namespace) -> int:
     images = _images(args)
     with images.store.locked(exclusive=False):
         cat = images.load()
-        infos = [images.info(cat, i) for i in cat.images]
+        infos = []
+        for image in cat.images:
+            try:
+                infos.append(images.info(cat, image))
+            except MountToolError as exc:  # one damaged image must not hide the others
+                log.warning("image %s is damaged: %s", image.short, exc)
         infos = imageops.filter_images(images, cat, infos, args.filter or [])
     infos.sort(key=lambda i: (i.config.created, str(i.record.id)), reverse=True)
     if args.repository:
@@ -132,7 +137,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _inspect_one(images: ImageStore, cat: Catalogue, word: str) -> dict[str, Any]:
     try:
-        return imageops.inspect(images, images.info(cat, images.resolve(cat, word)))
+        image = images.resolve(cat, word)
     except NotFoundError:
         containers = Containers(images.store)
         try:
@@ -145,6 +150,7 @@ def _inspect_one(images: ImageStore, cat: Catalogue, word: str) -> dict[str, Any
                 "GraphDriver": {"Name": "unionfs", "Data": {
                     "UpperDir": str(containers.upper(c)), "WorkDir": str(containers.work(c)),
                     "LowerDir": ":".join(str(p) for p in containers.lowers(images, c))}}}
+    return imageops.inspect(images, images.info(cat, image))
 
 
 def cmd_tag(args: argparse.Namespace) -> int:

@@ -148,3 +148,13 @@ def test_errors_are_one_line_and_change_nothing(run: Run, layout: Path, tmp_path
         assert why in err, (argv, err)
         assert snapshot(tmp_path / "store") == before, argv
     assert "two" in run("images")  # the failed multi-rmi removed nothing
+
+
+def test_images_survives_a_damaged_image(run: Run, layout: Path, tmp_path: Path) -> None:
+    run("load", "--input", str(layout))
+    info = json.loads(run("inspect", "quay.io/x/b:2"))[0]
+    blob = tmp_path / "store/blobs/sha256" / info["Manifest"]["Digest"].split(":")[1]
+    blob.unlink()
+    out = run("images")
+    assert "app" in out and "quay.io" not in out
+    assert "not in the store" in run("inspect", "quay.io/x/b:2", code=1)
