@@ -105,6 +105,8 @@ class Authenticator:
     def respond(self, header: str, scope: str, fetch: TokenFetcher) -> bool:
         """Handle a 401 challenge; True if a retry can succeed with what we now have."""
         challenges = {c.scheme: c for c in parse_challenges(header)}
+        if not challenges:
+            return False  # a bare 401: report it as unauthorized
         if "bearer" in challenges and "realm" in challenges["bearer"].params:
             with self._lock:
                 self._bearer = challenges["bearer"]

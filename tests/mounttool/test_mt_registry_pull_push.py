@@ -16,6 +16,8 @@ from mt_registry import Registry, cli, registry_server
 from mounttool.digest import Digest
 from mounttool.images import ImageStore
 from mounttool.ingest import load_path
+from mounttool.registry.client import RegistryClient
+from mounttool.registry.transport import RegistryOptions, Transport
 from mounttool.store import Store
 
 
@@ -171,5 +173,7 @@ def test_search_lists_the_catalog(registry: Registry, tmp_path: Path,
     res = cli(capsys, tmp_path, "search", "--insecure", f"{registry.host}/findme")
     assert res.code == 0, res.err
     assert res.out.splitlines() == [f"{registry.host}/findme/one", f"{registry.host}/findme/two"]
+    client = RegistryClient(Transport(registry.host, RegistryOptions(insecure=True), None))
+    assert [n for n in client.catalog(page=1) if "findme/" in n] == ["findme/one", "findme/two"]
     res = cli(capsys, tmp_path, "search", "findme")
     assert res.code == 2 and "search needs a registry" in res.err
