@@ -89,7 +89,7 @@ def xattr_headers(full: bytes) -> dict[str, str]:
 
 
 def open_writer(out: BinaryIO) -> tarfile.TarFile:
-    return tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
+    return tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                         encoding="utf-8", errors="surrogateescape")
 
 

@@ -40,7 +40,7 @@ class SaveItem:
 
 class _TarOut:
     def __init__(self, out: BinaryIO) -> None:
-        self.tar = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         self.dirs: set[str] = set()
 
     def _dirs(self, path: str) -> None:

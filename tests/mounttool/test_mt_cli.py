@@ -158,3 +158,24 @@ def test_images_survives_a_damaged_image(run: Run, layout: Path, tmp_path: Path)
     out = run("images")
     assert "app" in out and "quay.io" not in out
     assert "not in the store" in run("inspect", "quay.io/x/b:2", code=1)
+
+
+def test_pipes(run: Run, layout: Path, tmp_path: Path) -> None:
+    """save to stdout, load from stdin, import from stdin: as shell pipelines."""
+    import subprocess
+    import sys
+    run("load", "--input", str(layout))
+    mt = [sys.executable, "-m", "mounttool", "--root", str(run.root)]
+    cwd = Path(__file__).parents[2]
+    saved = subprocess.run([*mt, "save", "app:1"], capture_output=True, check=True, cwd=cwd)
+    assert saved.stdout[:512].rstrip(b"\0")  # a tar stream
+    other = [sys.executable, "-m", "mounttool", "--root", str(tmp_path / "other")]
+    res = subprocess.run([*other, "load"], input=saved.stdout, capture_output=True, cwd=cwd,
+                         check=False)
+    assert res.returncode == 0 and res.stdout == b"Loaded image: app:1\n", res.stderr
+    res = subprocess.run([*other, "import", "-", "piped:1"], input=BASE, capture_output=True,
+                         cwd=cwd, check=False)
+    assert res.returncode == 0 and res.stdout.startswith(b"sha256:"), res.stderr
+    res = subprocess.run([*other, "load"], input=b"garbage" * 100, capture_output=True,
+                         cwd=cwd, check=False)
+    assert res.returncode == 1 and res.stderr.count(b"\n") == 1, res.stderr
