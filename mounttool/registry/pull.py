@@ -179,6 +179,9 @@ class Puller:
         blobs = self.images.blobs
         with self.store.locked(exclusive=True), self.store.transaction() as txn:
             for digest, path in files.items():
+                if blobs.has(digest):  # a concurrent pull of the same blob stored it first
+                    path.unlink(missing_ok=True)
+                    continue
                 got = blobs.put_file(path, txn)
                 if got != digest:
                     raise DigestMismatchError(f"blob {digest}: staged content changed "
