@@ -8,6 +8,7 @@ duplicate directories even when a manifest lists the same layer twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -65,8 +66,7 @@ class LayerStore:
         self.store.require_exclusive()
         base = opts or UnpackOptions()
         lowers = tuple(self.diff_dir(c) for c in reversed(chains[:index]))
-        opts = UnpackOptions(base.same_owner, base.allow_devices, base.whiteout_format,
-                             base.max_entries, base.max_bytes, lowers)
+        opts = dataclasses.replace(base, lowers=lowers)
         tmp = self.store.mkdtemp("layer-")
         try:
             self._unpack(tmp, chains, diff_ids, index, opener, opts)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -285,3 +287,20 @@ def test_aufs_metadata_is_skipped(tmp_path: Path) -> None:
                      F("a/.wh..wh.orph"), F("keep", b"k")])
     t = read_tree(unpack(tmp_path, data), times=False)
     assert sorted(t) == [".", "keep"]
+
+
+@pytest.mark.skipif(not shutil.which("tar"), reason="GNU tar not installed")
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_gnu_tar_sparse_files(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big", "wb") as f:
+        f.truncate(4 << 20)
+        f.seek(3 << 20)
+        f.write(b"data in the middle")
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "-cf", str(tmp_path / "s.tar"),
+                    "-C", str(src), "big"], check=True)
+    with open(tmp_path / "s.tar", "rb") as f:
+        data = f.read()
+    dest = unpack(tmp_path, data, Digest.of_bytes(data))
+    assert (dest / "big").read_bytes() == (src / "big").read_bytes()
