@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +179,21 @@ def test_search_lists_the_catalog(registry: Registry, tmp_path: Path,
     assert [n for n in client.catalog(page=1) if "findme/" in n] == ["findme/one", "findme/two"]
     res = cli(capsys, tmp_path, "search", "findme")
     assert res.code == 2 and "search needs a registry" in res.err
+
+
+def test_concurrent_pulls_into_one_store(registry: Registry, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    img = build(unique_layers("concurrent", big=2_000_000))
+    name = f"{registry.host}/concurrent/app:1"
+    load_image(tmp_path / "src", tmp_path, name, img)
+    assert cli(capsys, tmp_path / "src", "push", "--insecure", name).code == 0
+    cmd = [sys.executable, "-m", "mounttool.cli_registry", "--root", str(tmp_path / "dst"),
+           "pull", "-q", "--insecure", name]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert out.decode() == f"{name}\n"
+    assert str(stored_manifest(tmp_path / "dst", name)) == img.digest
+    assert list((tmp_path / "dst" / "downloads").iterdir()) == []
