@@ -36,9 +36,11 @@ class Case:
     ops: tuple[Op, ...]
     keep: tuple[int, ...] = ()
     """Indices of ``ops`` in the seed's full sequence (for the reproducer command)."""
+    full: tuple[Op, ...] = ()
+    """The seed's full sequence."""
 
-    def with_ops(self, keep: Sequence[int], full: Sequence[Op]) -> Case:
-        return dataclasses.replace(self, ops=tuple(full[i] for i in keep), keep=tuple(keep))
+    def with_ops(self, keep: Sequence[int]) -> Case:
+        return dataclasses.replace(self, ops=tuple(self.full[i] for i in keep), keep=tuple(keep))
 
 
 def make_case(seed: int, nops: int, *, wh_names: bool = True) -> Case:
@@ -46,7 +48,7 @@ def make_case(seed: int, nops: int, *, wh_names: bool = True) -> Case:
     rng = random.Random(seed)
     stack = TreeGenerator(rng, wh_names=wh_names).stack(rng.randint(2, 4))
     ops = OpGenerator(rng, stack).sequence(nops)
-    return Case(seed, stack, tuple(ops), tuple(range(nops)))
+    return Case(seed, stack, tuple(ops), tuple(range(nops)), tuple(ops))
 
 
 class Failure(NamedTuple):
@@ -56,6 +58,7 @@ class Failure(NamedTuple):
     stage: str
     """"initial", "result", "tree", "upper", "mount" or "hang"."""
     difference: Difference
+    note: str = ""
 
     def signature(self) -> tuple[str, str, str]:
         op = self.case.ops[self.step] if 0 <= self.step < len(self.case.ops) else None
@@ -80,6 +83,7 @@ class Watchdog:
         self.mounts = mounts
         self.seconds = seconds
         self.fired = False
+        self.steps = 0
 
     def fire(self) -> None:
         self.fired = True
@@ -88,6 +92,7 @@ class Watchdog:
 
     @contextmanager
     def step(self) -> Iterator[None]:
+        self.steps += 1
         timer = threading.Timer(self.seconds, self.fire)
         timer.daemon = True
         timer.start()
@@ -131,6 +136,8 @@ class Batch:
         self.cross = cross
         self.problems: list[str] = []
         """Teardown problems (unclean unmount, bad exit status): the runner reports them."""
+        self.steps = 0
+        """Steps (an op and the comparison after it) run so far."""
 
     def run(self, cases: Sequence[Case], *, probes: bool = True) -> list[Failure | None]:
         results: list[Failure | None] = []
@@ -151,6 +158,8 @@ class Batch:
                 dog = Watchdog(mounts, STEP_TIMEOUT)
                 for k, case in enumerate(cases):
                     results.append(run_case(case, f"c{k}", sides, probes, self.ignore, dog))
+                    self.steps += dog.steps
+                    dog.steps = 0
                     if not all(m.alive() for m in mounts):
                         if results[-1].failure is None:
                             results[-1] = CaseResult(Failure(

@@ -28,7 +28,8 @@ def describe_node(node: Node) -> str:
 
 
 def related(path: str, wanted: set[str]) -> bool:
-    return any(path == w or w.startswith(path + "/") or path.startswith(w + "/")
+    """``path`` is one of ``wanted``, an ancestor of one, or a direct child of one."""
+    return any(path == w or w.startswith(path + "/") or path.rpartition("/")[0] == w
                for w in wanted)
 
 
@@ -53,6 +54,7 @@ def format_failure(failure: Failure, *, nops: int, against: str, flags: str = ""
         f"upper={'pre-populated' if stack.upper else 'empty'} stage={stage} "
         f"step={failure.step}",
         f"  first difference: {failure.difference}",
+        *([f"  NOTE: {failure.note}"] if failure.note else []),
         f"  sequence ({len(case.ops)} ops; 'a' is the kernel, 'b' is {against}):",
     ]
     for i, op in enumerate(case.ops):

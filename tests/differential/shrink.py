@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .harness import Case, Failure
-from .ops import Op
 
 RunMany = Callable[[Sequence[Case]], list[Failure | None]]
 
@@ -22,13 +21,12 @@ def cut(failure: Failure) -> list[int]:
     return list(failure.case.keep[: failure.step + 1])
 
 
-def shrink(failure: Failure, full: Sequence[Op], run_many: RunMany,
-           *, max_rounds: int = 60) -> Failure:
+def shrink(failure: Failure, run_many: RunMany, *, max_rounds: int = 60) -> Failure:
     """Return the smallest failure found with the same signature as ``failure``."""
     best = failure
     keep = cut(failure)
     if len(keep) < len(failure.case.ops):
-        first = run_many([failure.case.with_ops(keep, full)])[0]
+        first = run_many([failure.case.with_ops(keep)])[0]
         if first is not None and first.signature() == failure.signature():
             best = first
             keep = cut(first)
@@ -44,7 +42,7 @@ def shrink(failure: Failure, full: Sequence[Op], run_many: RunMany,
         if len(chunks) <= 3:
             candidates = [*chunks, *candidates]
         candidates = [c for c in candidates if c]
-        results = run_many([failure.case.with_ops(c, full) for c in candidates])
+        results = run_many([failure.case.with_ops(c) for c in candidates])
         hit = next((r for r in results if r is not None
                     and r.signature() == failure.signature()), None)
         if hit is not None:

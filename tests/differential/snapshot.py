@@ -47,6 +47,7 @@ class Entry(NamedTuple):
     data: str | None
     xattrs: tuple[tuple[str, str], ...]
     links: tuple[str, ...]
+    opaque: str
     extra: str
 
 
@@ -136,10 +137,9 @@ def snapshot(root: str, *, upper: bool = False, probes: Iterable[str] = ()) -> T
         extra = ""
         xattrs, opaque = xattrs_of(full, upper=upper)
         if upper and kind == "c" and st.st_rdev == 0:
-            tree[rel] = Entry("whiteout", "", 0, 0, None, None, "", None, (), (), "")
+            tree[rel] = Entry("whiteout", "", 0, 0, None, None, "", None, (), (), "", "")
             return
         if kind == "d":
-            extra = opaque
             try:
                 names = os.listdir(full)
             except OSError as exc:
@@ -151,7 +151,7 @@ def snapshot(root: str, *, upper: bool = False, probes: Iterable[str] = ()) -> T
         tree[rel] = Entry(
             kind, oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid,
             None if kind == "d" else st.st_size, None if upper else st.st_nlink,
-            classify_mtime(st.st_mtime_ns), content_of(full, st), xattrs, (), extra,
+            classify_mtime(st.st_mtime_ns), content_of(full, st), xattrs, (), opaque, extra,
         )
         if kind == "d":
             for name in sorted(set(names)):
@@ -176,16 +176,15 @@ def snapshot(root: str, *, upper: bool = False, probes: Iterable[str] = ()) -> T
 def diff(a: Tree, b: Tree, ignore: frozenset[str] = frozenset()) -> Difference | None:
     """The first difference between two trees (in path order), or None.
 
-    ``ignore`` names Entry fields to skip, or ``"dir-mtime"`` for directories' mtime only (to
-    look past a known difference while hunting for others)."""
+    ``ignore`` names Entry fields to skip, or ``"dir-<field>"`` to skip a field of directories
+    only (to look past a known difference while hunting for others)."""
     for path in sorted(set(a) | set(b)):
         ea, eb = a.get(path, "absent"), b.get(path, "absent")
         if ea == eb:
             continue
         if isinstance(ea, Entry) and isinstance(eb, Entry):
             for name in Entry._fields:
-                if name in ignore or (name == "mtime" and ea.kind == "d" == eb.kind
-                                      and "dir-mtime" in ignore):
+                if name in ignore or (ea.kind == "d" == eb.kind and f"dir-{name}" in ignore):
                     continue
                 if getattr(ea, name) != getattr(eb, name):
                     return Difference(path, name, getattr(ea, name), getattr(eb, name))
