@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mt_helpers import D, F, make_tar, merge_layers, snapshot
@@ -18,6 +19,7 @@ from mt_registry import Registry, cli, registry_server
 from mounttool.digest import Digest
 from mounttool.images import ImageStore
 from mounttool.ingest import load_path
+from mounttool.oci import host_platform
 from mounttool.registry.client import RegistryClient
 from mounttool.registry.transport import RegistryOptions, Transport
 from mounttool.store import Store
@@ -84,13 +86,23 @@ def test_push_then_pull_round_trips_digests(registry: Registry, tmp_path: Path,
 
 
 def test_chunked_upload_and_cross_repository_mount(registry: Registry, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     img = build(unique_layers("chunk", big=300_000))
     name = f"{registry.host}/chunk/one:1"
     load_image(tmp_path / "a", tmp_path, name, img)
+    chunks: list[int] = []
+    real = RegistryClient.upload_chunk
+
+    def counting(self: RegistryClient, *args: Any) -> str:
+        chunks.append(args[-1])
+        return real(self, *args)
+    monkeypatch.setattr(RegistryClient, "upload_chunk", counting)
     res = cli(capsys, tmp_path / "a", "push", "--insecure", "--chunk-size", "65536", name)
     assert res.code == 0, res.err
     assert res.out.count(": Pushed") == 3
+    big = max(len(b) for b in img.blobs.values())
+    assert sum(chunks) == big and max(chunks) == 65536  # only the big layer went in chunks
 
     other = f"{registry.host}/chunk/two:1"
     res = cli(capsys, tmp_path / "a", "push", "--insecure", name, other)
@@ -145,6 +157,16 @@ def test_index_platform_selection(registry: Registry, tmp_path: Path,
          "size": len(img.manifest), "platform": {"os": "linux", "architecture": arch}}
         for arch, img in (("amd64", amd), ("arm64", arm))]}).encode()
     _put(registry, "/v2/multi/app/manifests/all", index, "application/vnd.oci.image.index.v1+json")
+    docker_list = index.replace(b"application/vnd.oci.image.index.v1+json",
+                                b"application/vnd.docker.distribution.manifest.list.v2+json")
+    _put(registry, "/v2/multi/app/manifests/docker", docker_list,
+         "application/vnd.docker.distribution.manifest.list.v2+json")
+    res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"{registry.host}/multi/app:docker")
+    host = {"amd64": amd, "arm64": arm}.get(host_platform().architecture)
+    if host is None:
+        assert res.code == 1 and "no image for platform" in res.err
+    else:  # no --platform: the host's
+        assert res.code == 0 and f"Image ID: {host.id}" in res.out, res.err
     ref = f"{registry.host}/multi/app:all"
     res = cli(capsys, tmp_path / "dst", "pull", "--insecure", "--platform", "linux/arm64", ref)
     assert res.code == 0, res.err
