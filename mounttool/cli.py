@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from mounttool import cli_containers, imageops
 from mounttool.containers import Containers
@@ -234,15 +234,23 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(func=cmd_prune)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line too: ``mounttool: <what is wrong> (see 'mounttool CMD -h')``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mounttool: {message} (see '{self.prog} -h')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mounttool", description="Container images as unionfs-mounted root filesystems.")
     parser.add_argument("--root", type=Path, default=None,
                         help="store directory (default: $MOUNTTOOL_ROOT, /var/lib/mounttool "
                              "as root, $XDG_DATA_HOME/mounttool otherwise)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = cast("argparse._SubParsersAction[argparse.ArgumentParser]", parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True))
     _add_commands(sub)
     cli_containers.add_commands(sub)
     return parser
