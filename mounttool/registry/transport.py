@@ -9,6 +9,7 @@ shows methods, URLs and statuses, never headers or credentials.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -17,6 +18,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -56,12 +58,39 @@ def endpoint_host(registry: str) -> str:
     return "registry-1.docker.io" if registry == "docker.io" else registry
 
 
+class _Pool:
+    """Idle keep-alive connections, per thread and per ``scheme://host``."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _idle(self) -> dict[str, http.client.HTTPConnection]:
+        idle: dict[str, http.client.HTTPConnection] | None = getattr(self._local, "idle", None)
+        if idle is None:
+            idle = self._local.idle = {}
+        return idle
+
+    def take(self, key: str) -> http.client.HTTPConnection | None:
+        return self._idle().pop(key, None)
+
+    def give(self, key: str, conn: http.client.HTTPConnection) -> None:
+        old = self._idle().pop(key, None)
+        if old is not None:
+            old.close()
+        self._idle()[key] = conn
+
+
 class Response:
-    """A response whose body errors become RegistryUnavailableError."""
+    """A response whose body errors become RegistryUnavailableError.
+
+    Closing it hands the connection back for reuse when the body was read to its end and the
+    server keeps the connection open; otherwise the connection is closed.
+    """
 
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
-                 where: str) -> None:
+                 where: str, release: Callable[[http.client.HTTPConnection], None]) -> None:
         self._conn, self._resp, self.where = conn, resp, where
+        self._release = release
         self.status = resp.status
 
     def header(self, name: str) -> str | None:
@@ -81,14 +110,27 @@ class Response:
             raise _socket_error(exc, self.where) from None
 
     def close(self) -> None:
-        self._resp.close()
-        self._conn.close()
+        reuse = False
+        if not self._resp.will_close:
+            if self._resp.length == 0 and not self._resp.isclosed():  # HEAD, 204, 304
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    self._resp.read()
+            reuse = self._resp.isclosed()
+        if reuse:
+            self._release(self._conn)
+        else:
+            self._resp.close()
+            self._conn.close()
 
     def __enter__(self) -> Response:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+          http.client.BadStatusLine)
 
 
 class TLSHandshakeError(RegistryUnavailableError):
@@ -125,6 +167,7 @@ class Transport:
         self.auth = Authenticator(registry, creds)
         self._probed = not opts.insecure
         self._lock = threading.Lock()
+        self._pool = _Pool()
         self.base = f"https://{endpoint_host(registry)}"
 
     def _context(self) -> ssl.SSLContext:
@@ -155,7 +198,11 @@ class Transport:
         parts = urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         where = f"registry {parts.netloc} ({method} {parts.path})"
-        conn = self._connect(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        conn = self._pool.take(key)
+        reused = conn is not None
+        if conn is None:
+            conn = self._connect(url)
         stream = body() if callable(body) else None
         data: Stream | bytes | None = stream if stream is not None else (
             body if isinstance(body, bytes) else None)
@@ -164,12 +211,14 @@ class Transport:
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
+            if reused and isinstance(exc, _STALE):  # the server dropped an idle connection
+                return self.raw(method, url, headers, body)
             raise _socket_error(exc, where) from None
         finally:
             if stream is not None:
                 stream.close()
         log.debug("%s %s -> %d", method, url, resp.status)
-        return Response(conn, resp, where)
+        return Response(conn, resp, where, partial(self._pool.give, key))
 
     def _probe(self) -> None:
         """For an insecure registry: HTTPS if it speaks TLS, else plain HTTP."""

@@ -168,6 +168,7 @@ class FakeRegistry:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.client_ports: set[int] = set()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,6 +179,7 @@ class FakeRegistry:
 
             def _serve(self) -> None:
                 fake.requests.append((self.command, self.path, dict(self.headers.items())))
+                fake.client_ports.add(self.client_address[1])
                 for prefix, route in sorted(fake.routes.items(), key=lambda r: -len(r[0])):
                     if self.path.startswith(prefix):
                         answer = route(self)

@@ -232,3 +232,15 @@ def test_a_bad_partial_download_is_replaced_or_discarded(
     (tmp_path / "dst2" / "downloads" / partial.name).write_bytes(b"more garbage")
     res = cli(capsys, tmp_path / "dst2", "pull", "--insecure", "--no-resume", ref)
     assert res.code == 0 and "resuming" not in res.out, res.err
+
+
+def test_connections_are_kept_alive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = build([make_tar([F(f"f{i}", os.urandom(1000))]) for i in range(4)])
+    with FakeRegistry() as fake:
+        _serve(fake, "alive/app", img.manifest, OCI_MANIFEST, img.blobs)
+        res = cli(capsys, tmp_path / "dst", "pull", "-j", "1", f"{fake.host}/alive/app:1",
+                  "--insecure")
+    assert res.code == 0, res.err
+    blob_requests = [r for r in fake.requests if "/blobs/" in r[1]]
+    assert len(blob_requests) == 5 and len(fake.requests) == 6
+    assert len(fake.client_ports) <= 2  # the main thread's connection and one worker's
