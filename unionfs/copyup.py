@@ -16,7 +16,7 @@ import os
 import shutil
 import stat
 
-from unionfs.layers import Layer, at
+from unionfs.layers import Layer, at, split
 from unionfs.whiteout import WhiteoutFormat, proc_path
 
 _CHUNK = 1 << 20
@@ -115,6 +115,8 @@ class Copier:
         The parent directory must already exist in the upper layer.
         """
         st = os.stat(at(rel), dir_fd=src.fd, follow_symlinks=False)
+        parent = at(split(rel)[0])
+        times = os.stat(parent, dir_fd=self.upper.fd)
         tmp = self.work.temp_name()
         try:
             self.build(src, rel, st, tmp, with_data)
@@ -122,6 +124,8 @@ class Copier:
         except BaseException:
             self.discard(tmp)
             raise
+        # A copy-up is no change to the directory: keep its times, as the kernel does.
+        os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns), dir_fd=self.upper.fd)
         return os.stat(rel, dir_fd=self.upper.fd, follow_symlinks=False)
 
     def build(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,

@@ -64,7 +64,9 @@ class Namespace:
             if not stat.S_ISLNK(os.stat(tmp, dir_fd=work.fd, follow_symlinks=False).st_mode):
                 os.chmod(tmp, mode, dir_fd=work.fd)
             over_whiteout = self._has_whiteout(prel, name)
-            if over_whiteout and is_dir:
+            # Over a whiteout a new directory must hide what is below; in a merged parent the
+            # kernel marks it opaque too, sparing later lookups the lower layers.
+            if is_dir and (over_whiteout or len(parent.dir_layers) > 1):
                 whiteout.set_opaque(work.fd, tmp, tree.fmt)
             self._place(tmp, rel, prel, name, over_whiteout, is_dir)
         except BaseException:

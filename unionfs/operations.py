@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pyfuse3
 
@@ -37,6 +37,14 @@ def fuse_errors(op: str) -> Iterator[None]:
         raise pyfuse3.FUSEError(errno.EIO) from None
 
 
+def invalidate_attrs(inodes: set[int]) -> None:
+    """Tell the kernel to drop its cached attributes of ``inodes``."""
+    while inodes:
+        ino = inodes.pop()
+        with suppress(OSError):  # the kernel does not know the inode (any more)
+            pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=True)
+
+
 def caller(ctx: pyfuse3.RequestContext) -> Caller:
     return Caller(ctx.uid, ctx.gid, ctx.umask)
 
@@ -54,6 +62,15 @@ class Operations(pyfuse3.Operations):
         self.tree = fs.tree
         self.timeout = fs.spec.timeout
         self.enable_writeback_cache = fs.spec.writeback
+
+    @contextmanager
+    def _invalidating(self) -> Iterator[None]:
+        """After a request that may copy up: refresh what the kernel cached of changed inodes."""
+        try:
+            yield
+        finally:
+            if self.tree.stale:
+                invalidate_attrs(self.tree.stale)
 
     def _entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.tree.attr(node, st), self.timeout)
@@ -87,7 +104,7 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("setattr"):
+        with fuse_errors("setattr"), self._invalidating():
             change = AttrChange(
                 mode=attr.st_mode if fields.update_mode else None,
                 uid=attr.st_uid if fields.update_uid else None,
@@ -121,46 +138,46 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: pyfuse3.ModeT, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("mknod"):
+        with fuse_errors("mknod"), self._invalidating():
             node = self.fs.names.mknod(self.fs.node(parent_inode), name, mode, rdev, caller(ctx))
             return self._new_entry(node)
 
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: pyfuse3.ModeT,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("mkdir"):
+        with fuse_errors("mkdir"), self._invalidating():
             node = self.fs.names.mkdir(self.fs.node(parent_inode), name, mode, caller(ctx))
             return self._new_entry(node)
 
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                       target: pyfuse3.FileNameT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("symlink"):
+        with fuse_errors("symlink"), self._invalidating():
             node = self.fs.names.symlink(self.fs.node(parent_inode), name, target, caller(ctx))
             return self._new_entry(node)
 
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
                    new_name: pyfuse3.FileNameT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("link"):
+        with fuse_errors("link"), self._invalidating():
             node = self.fs.names.link(self.fs.node(inode), self.fs.node(new_parent_inode),
                                       new_name)
             return self._new_entry(node)
 
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("unlink"):
+        with fuse_errors("unlink"), self._invalidating():
             self.fs.names.unlink(self.fs.node(parent_inode), name)
 
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("rmdir"):
+        with fuse_errors("rmdir"), self._invalidating():
             self.fs.names.rmdir(self.fs.node(parent_inode), name)
 
     async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
                      parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
                      flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("rename"):
+        with fuse_errors("rename"), self._invalidating():
             self.fs.names.rename(self.fs.node(parent_inode_old), name_old,
                                  self.fs.node(parent_inode_new), name_new, flags)
 
@@ -170,7 +187,7 @@ class Operations(pyfuse3.Operations):
                      mode: pyfuse3.ModeT, flags: pyfuse3.FlagT,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        with fuse_errors("create"):
+        with fuse_errors("create"), self._invalidating():
             who = caller(ctx)
             node, fd = self.fs.names.create(self.fs.node(parent_inode), name, mode,
                                             self.fs.files.real_flags(flags), who)
@@ -179,7 +196,7 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        with fuse_errors("open"):
+        with fuse_errors("open"), self._invalidating():
             fh = self.fs.files.open(self.fs.node(inode), flags, caller(ctx))
             return pyfuse3.FileInfo(fh=fh)
 
@@ -238,10 +255,10 @@ class Operations(pyfuse3.Operations):
 
     async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("setxattr"):
+        with fuse_errors("setxattr"), self._invalidating():
             self.fs.xattrs.set(self.fs.node(inode), name, value)
 
     async def removexattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                           ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("removexattr"):
+        with fuse_errors("removexattr"), self._invalidating():
             self.fs.xattrs.remove(self.fs.node(inode), name)

@@ -74,6 +74,9 @@ class Tree:
             self.index = HardlinkIndex(self.work.fd)
         self.changes = 0
         """Counts namespace changes, so stale directory snapshots can be noticed."""
+        self.stale: set[int] = set()
+        """Inodes whose attributes changed behind the kernel's back (a directory copied up
+        becomes a merge: its link count changes); the FUSE adapter invalidates them."""
         devices = tuple(dict.fromkeys(layer.dev for layer in layers))
         self.table = InodeTable(InoPolicy(devices))
         root = self.stack.root()
@@ -220,6 +223,7 @@ class Tree:
         log.debug("copied up %r from layer %d", rel, node.layer)
         if node.is_dir:
             node.dir_layers = (0, *node.dir_layers)
+            self.stale.add(node.ino)
         elif node.origin is not None and lower_st is not None and self.index is not None:
             self.index.add(node.origin, self.upper.fd, rel, lower_st.st_nlink)
             self.table.origin_of[key_of(st)] = node.origin
