@@ -109,9 +109,12 @@ class TarFS:
 
     def size(self, path: str) -> int:
         member = self._members[norm(path)]
-        if not member.isfile():
+        if not member.isfile():  # a link to another member (docker save links equal layers)
+            total = 0
             with self.open(path) as f:
-                return len(f.read(MAX_JSON + 1))
+                while chunk := f.read(1 << 20):
+                    total += len(chunk)
+            return total
         return member.size
 
     def close(self) -> None:

@@ -90,6 +90,6 @@ class DockerArchiveSource:
             member = norm(path)
             if not self.fs.exists(member):
                 raise InvalidImageError(f"{what}: layer {path} is missing from the archive")
-            layers.append(LayerSource(oci.DOCKER_LAYER, None, self.fs.size(member),
+            layers.append(LayerSource(oci.DOCKER_LAYER, None, None,
                                       partial(self.fs.open, member), f"layer {path}"))
         return SourceImage(names, config, layers, None, cfg_digest, None)

@@ -92,7 +92,8 @@ def tar_dir(src: Path, dest: Path, gz: bool = False) -> Path:
 
 
 def write_docker_archive(dest: Path, images: list[tuple[list[str], Img]],
-                         manifest_json: object = None, skip: set[str] | None = None) -> Path:
+                         manifest_json: object = None, skip: set[str] | None = None,
+                         links: dict[str, str] | None = None) -> Path:
     """A legacy docker-archive: <id>.json, <n>/layer.tar (uncompressed), manifest.json."""
     files: dict[str, bytes] = {}
     entries = []
@@ -114,6 +115,10 @@ def write_docker_archive(dest: Path, images: list[tuple[list[str], Img]],
             if skip and name in skip:
                 continue
             ti = tarfile.TarInfo(name)
+            if links and name in links:  # as old docker save did for equal layers
+                ti.type, ti.linkname = tarfile.SYMTYPE, links[name]
+                tar.addfile(ti)
+                continue
             ti.size = len(data)
             tar.addfile(ti, io.BytesIO(data))
     dest.write_bytes(buf.getvalue())

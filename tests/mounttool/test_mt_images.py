@@ -304,3 +304,13 @@ def test_index_entries_without_media_type(store: Store, tmp_path: Path) -> None:
     (lay / "index.json").write_text(json.dumps(idx))
     (loaded,) = load_path(images(store), lay)
     assert str(loaded.id) == a.id
+
+
+def test_docker_archive_with_symlinked_layer(store: Store, tmp_path: Path) -> None:
+    a = build([BASE, BASE, TOP], "")  # the same layer twice, the second a symlink
+    first = f"{sha(BASE).split(':')[1][:16]}0/layer.tar"
+    second = f"{sha(BASE).split(':')[1][:16]}1/layer.tar"
+    arch = write_docker_archive(tmp_path / "d.tar", [(["app:1"], a)],
+                                links={second: f"../{first}"})
+    (loaded,) = load_path(images(store), arch)
+    assert str(loaded.id) == a.id
