@@ -98,6 +98,10 @@ class Authenticator:
                 return f"Bearer {cached[0]}"
         return None
 
+    def uses_bearer(self) -> bool:
+        with self._lock:
+            return self._bearer is not None
+
     def knows_scheme(self) -> bool:
         with self._lock:
             return self._basic or self._bearer is not None
@@ -170,8 +174,16 @@ def _denied(registry: str, creds: Credentials | None) -> str:
 
 
 def unauthorized(registry: str, creds: Credentials | None, denied: bool = False,
-                 what: str = "") -> UnauthorizedError:
-    """The one-line error for a 401 (or, with ``denied``, a 403)."""
+                 what: str = "", token: bool = False) -> UnauthorizedError:
+    """The one-line error for a 401 (or, with ``denied``, a 403; ``token``: a token was
+    granted but does not cover the request, as Docker Hub answers for unknown repositories)."""
+    if token:
+        if creds is None:
+            return UnauthorizedError(f"unauthorized: {what}: access denied: the repository does "
+                                     "not exist or needs a login (mounttool login "
+                                     f"{registry})")
+        return UnauthorizedError(f"unauthorized: {what}: access denied for {creds.username!r}: "
+                                 "the repository does not exist or is not yours to use")
     if denied:
         who = f" for {creds.username!r}" if creds else ""
         return UnauthorizedError(f"denied: {what or registry}: access refused{who}")

@@ -282,7 +282,8 @@ class Transport:
         codes, message = _error_codes(body)
         creds = self.auth.creds
         if resp.status == 401:
-            return unauthorized(self.registry, creds)
+            return unauthorized(self.registry, creds, what=what,
+                                token=self.auth.uses_bearer())
         if resp.status == 403:
             return unauthorized(self.registry, creds, denied=True, what=what)
         if resp.status == 404 or "NAME_UNKNOWN" in codes or "MANIFEST_UNKNOWN" in codes:

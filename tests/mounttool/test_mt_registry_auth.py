@@ -145,6 +145,11 @@ def test_bearer_token_flow(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         res = cli(capsys, tmp_path / "dst", "pull", "--insecure", ref)
         assert res.code == 0, res.err
         assert f"Image ID: {img.id}" in res.out
+        fake.routes["/v2/secret/"] = lambda h: (401, {
+            "WWW-Authenticate": f'Bearer realm="http://{fake.host}/token",service="fake"'}, b"")
+        res = cli(capsys, tmp_path / "dst", "pull", "--insecure", f"{fake.host}/secret/x:1")
+        assert res.code == 1 and len(res.err.splitlines()) == 1
+        assert f"access denied for '{USER}': the repository does not exist" in res.err
         token_calls = [r for r in fake.requests if r[1].startswith("/token")]
         assert any("scope=repository%3Abearer%2Fapp%3Apull" in r[1] for r in token_calls)
-        assert len(token_calls) <= 4  # tokens are cached per scope, not fetched per request
+        assert len(token_calls) <= 6  # tokens are cached per scope, not fetched per request
