@@ -71,13 +71,14 @@ class Ingester:
 
     def _layer(self, layer: LayerSource, chains: list[Digest], diff_ids: list[Digest],
                i: int) -> oci.Descriptor:
+        expected, media = layer.digest, layer.media_type
+        if expected is None:  # docker-archive: an uncompressed layer's blob digest is its diff_id
+            with layer.open() as f:
+                media = _magic_media_type(f.read(4), oci_types=False)
+            if media == oci.DOCKER_LAYER:
+                expected = diff_ids[i]  # ...so a layer already stored is not read again
         with layer.open() as f:
-            digest = self.blobs.put(f, self.txn, layer.digest, layer.size, layer.what)
-        with self.blobs.open(digest) as f:
-            head = f.read(4)
-        media = layer.media_type
-        if layer.digest is None:
-            media = _magic_media_type(head, oci_types=False)
+            digest = self.blobs.put(f, self.txn, expected, layer.size, layer.what)
         self.images.layers.ensure(chains, diff_ids, i, partial(self.blobs.open, digest),
                                   self.txn)
         return oci.Descriptor(media, digest, self.blobs.size(digest))
