@@ -22,12 +22,18 @@ from mounttool.errors import NotFoundError
 from mounttool.images import ImageStore
 from mounttool.refs import Reference
 from mounttool.registry.client import RegistryClient
-from mounttool.registry.errors import RegistryError, UnauthorizedError
+from mounttool.registry.errors import (
+    RegistryError,
+    RegistryNotFoundError,
+    RegistryUnavailableError,
+    UnauthorizedError,
+)
 from mounttool.registry.progress import Progress
 from mounttool.registry.sources import BlobSources
-from mounttool.registry.transport import Stream
+from mounttool.registry.transport import Stream, error_codes
 
 log = logging.getLogger(__name__)
+UPLOAD_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,17 @@ class Pusher:
                     self.progress.finish(key, f"Mounted from {source}")
                     return "mounted"
                 break
-        self._upload(target, desc, key, location or self.client.start_upload(target))
+        for attempt in range(UPLOAD_RETRIES + 1):
+            try:
+                self._upload(target, desc, key, location or self.client.start_upload(target))
+                break
+            except (RegistryUnavailableError, RegistryNotFoundError) as exc:
+                lost = isinstance(exc, RegistryUnavailableError) or bool(
+                    {"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"} & set(error_codes(exc)))
+                if attempt == UPLOAD_RETRIES or not lost:
+                    raise
+                log.info("%s; uploading %s again", exc, desc.digest.short)
+                location = None
         self.progress.finish(key, "Pushed")
         return "uploaded"
 

@@ -211,7 +211,8 @@ class Transport:
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            if reused and isinstance(exc, _STALE):  # the server dropped an idle connection
+            if reused and isinstance(exc, _STALE) and not callable(body) and method != "PATCH":
+                # the server dropped an idle connection: resend (never a streamed body)
                 return self.raw(method, url, headers, body)
             raise _socket_error(exc, where) from None
         finally:

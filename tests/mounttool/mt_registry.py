@@ -239,14 +239,17 @@ class FakeRegistry:
 
 class Throttle:
     """TCP proxy to ``target``; with ``hold_after`` set, stalls a response after that many bytes
-    of it, sets ``held`` and waits for ``release``; with ``cut_after``, drops one response."""
+    of it, sets ``held`` and waits for ``release``; ``cut_after``/``cut_upload_after`` drop one
+    connection once that many bytes went down/up it."""
 
     def __init__(self, target: str, hold_after: int | None = None,
-                 cut_after: int | None = None) -> None:
+                 cut_after: int | None = None, cut_upload_after: int | None = None) -> None:
         self.target = target
         self.hold_after = hold_after
         self.cut_after = cut_after
         """Drop the first response that grows past this many bytes (then forward normally)."""
+        self.cut_upload_after = cut_upload_after
+        """The same for the first request (an upload) that grows past this many bytes."""
         self.held = threading.Event()
         self.release = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -274,6 +277,10 @@ class Throttle:
                 if response and self.cut_after is not None and sent + len(data) > self.cut_after:
                     self.cut_after = None
                     dst.sendall(data[:1000])
+                    break
+                if not response and self.cut_upload_after is not None \
+                        and sent + len(data) > self.cut_upload_after:
+                    self.cut_upload_after = None
                     break
                 hold = self.hold_after if response else None
                 if hold is not None and sent <= hold < sent + len(data):

@@ -244,3 +244,19 @@ def test_connections_are_kept_alive(tmp_path: Path, capsys: pytest.CaptureFixtur
     blob_requests = [r for r in fake.requests if "/blobs/" in r[1]]
     assert len(blob_requests) == 5 and len(fake.requests) == 6
     assert len(fake.client_ports) <= 2  # the main thread's connection and one worker's
+
+
+def test_an_upload_cut_off_is_retried(registry: Registry, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    img = build([make_tar([F("up", os.urandom(1_000_000))])])
+    proxy = Throttle(registry.host, cut_upload_after=300_000)
+    name = f"{proxy.host}/cutoff/app:1"
+    load_path(ImageStore(Store(tmp_path / "src")), write_layout(tmp_path / "lay", [(name, img)]))
+    try:
+        res = cli(capsys, tmp_path / "src", "push", "--insecure", name)
+    finally:
+        proxy.close()
+    assert res.code == 0, res.err
+    assert proxy.cut_upload_after is None  # the cut happened
+    status, headers, _ = registry.get("/v2/cutoff/app/manifests/1", {"Accept": OCI_MANIFEST})
+    assert status == 200 and headers["Docker-Content-Digest"] == img.digest
