@@ -314,3 +314,20 @@ def test_docker_archive_with_symlinked_layer(store: Store, tmp_path: Path) -> No
                                 links={second: f"../{first}"})
     (loaded,) = load_path(images(store), arch)
     assert str(loaded.id) == a.id
+
+
+def test_every_hostile_layer_leaves_store_unchanged(store: Store, tmp_path: Path) -> None:
+    """Each bad layer of the unpack tests, inside a real image: one error, nothing stored."""
+    from test_mt_unpack import HOSTILE
+
+    ims = images(store)
+    load_path(ims, write_layout(tmp_path / "good", [("good:1", build([BASE]))]))
+    before = snapshot(store.root)
+    for i, (entries, err, why) in enumerate(HOSTILE):
+        for compression in ("", "gzip"):
+            lay = write_layout(tmp_path / f"h{i}{compression}",
+                               [("bad:1", build([BASE, make_tar(entries)], compression))])
+            with pytest.raises(err, match=why):
+                load_path(ims, lay)
+            assert snapshot(store.root) == before, entries
+            assert list(store.tmp.iterdir()) == []

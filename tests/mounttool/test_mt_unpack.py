@@ -127,7 +127,7 @@ def test_opaque_root(tmp_path: Path) -> None:
     assert t["."][5] == OPAQUE
 
 
-@pytest.mark.parametrize(("entries", "err", "why"), [
+HOSTILE: list[tuple[list[E], type[Exception], str]] = [
     ([F("../evil")], UnsafeLayerError, "escapes"),
     ([F("a/../../evil")], UnsafeLayerError, "escapes"),
     ([S("link", "/"), F("link/evil")], UnsafeLayerError, "symlink"),
@@ -149,7 +149,10 @@ def test_opaque_root(tmp_path: Path) -> None:
     ([D(".wh.x")], CorruptLayerError, "must not be a directory"),
     ([E("v", tarfile.GNUTYPE_LONGNAME[:0] + b"V")], CorruptLayerError, "unsupported"),
     ([S("./", "x")], CorruptLayerError, "root"),
-])
+]
+
+
+@pytest.mark.parametrize(("entries", "err", "why"), HOSTILE)
 def test_hostile_or_broken_entries(tmp_path: Path, entries: list[E], err: type[Exception],
                                    why: str) -> None:
     outside = tmp_path / "outside"
