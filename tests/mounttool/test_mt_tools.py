@@ -157,3 +157,14 @@ def test_mounttool_save_is_accepted_by_skopeo(corpus: tuple[Path, Path], tmp_pat
         res = ImageStore(Store(tmp_path / f"s-{fmt}"))
         (again,) = load_path(res, back)
         assert again.id == Digest.parse(str(info.record.id)), fmt
+
+
+@pytest.mark.skipif(not TOOLS["skopeo"], reason="skopeo not installed (apt-get install skopeo)")
+@pytest.mark.parametrize("fmt", ["zstd", "gzip"])
+def test_skopeo_recompressed_layouts_match(corpus: tuple[Path, Path], tmp_path: Path,
+                                           fmt: str) -> None:
+    lay, ref = corpus
+    out = tmp_path / "lay"
+    sh("skopeo", "--insecure-policy", "copy", "--dest-compress", "--dest-compress-format", fmt,
+       f"oci:{lay}:l3", f"oci:{out}:l3")
+    _check(tmp_path / "s", out, ref)
