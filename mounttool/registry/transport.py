@@ -29,6 +29,7 @@ from mounttool.registry.errors import (
     RegistryUnavailableError,
     UnsupportedMediaTypeError,
 )
+from mounttool.registry.proxy import proxy_for
 
 log = logging.getLogger(__name__)
 MAX_ERROR_BODY = 64 << 10
@@ -153,7 +154,7 @@ def _socket_error(exc: BaseException, where: str) -> RegistryUnavailableError:
                                         "the registry serves plain HTTP, use --tls-verify=false")
     if isinstance(exc, http.client.IncompleteRead | http.client.RemoteDisconnected):
         return RegistryUnavailableError(f"{where}: the registry closed the connection early")
-    reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+    reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
     return RegistryUnavailableError(f"{where}: connection failed ({reason})")
 
 
@@ -184,13 +185,18 @@ class Transport:
                                 f"{reason}") from None
 
     def _connect(self, url: str) -> http.client.HTTPConnection:
+        """A connection for ``url``: direct, to a proxy (HTTP), or tunnelled (HTTPS)."""
         parts = urlsplit(url)
-        host = parts.netloc
+        proxy = proxy_for(parts.scheme, parts.hostname or "", parts.port)
+        where = proxy.netloc if proxy else parts.netloc
+        timeout, block = self.opts.timeout, 1 << 20
         if parts.scheme == "http":
-            return http.client.HTTPConnection(host, timeout=self.opts.timeout,
-                                              blocksize=1 << 20)
-        return http.client.HTTPSConnection(host, timeout=self.opts.timeout, blocksize=1 << 20,
+            return http.client.HTTPConnection(where, timeout=timeout, blocksize=block)
+        conn = http.client.HTTPSConnection(where, timeout=timeout, blocksize=block,
                                            context=self._context())
+        if proxy is not None:
+            conn.set_tunnel(parts.hostname or "", parts.port or 443, proxy.headers)
+        return conn
 
     def raw(self, method: str, url: str, headers: dict[str, str], body: Body = None,
             ) -> Response:
@@ -203,6 +209,10 @@ class Transport:
         reused = conn is not None
         if conn is None:
             conn = self._connect(url)
+        proxy = proxy_for("http", parts.hostname or "", parts.port) \
+            if parts.scheme == "http" else None
+        if proxy is not None:  # plain HTTP through a proxy: absolute target, its credentials
+            path, headers = url, {**headers, **proxy.headers}
         stream = body() if callable(body) else None
         data: Stream | bytes | None = stream if stream is not None else (
             body if isinstance(body, bytes) else None)

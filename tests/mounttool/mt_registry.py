@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -309,3 +310,75 @@ def read_json(data: bytes) -> dict[str, object]:
 
 def which(name: str) -> str | None:
     return shutil.which(name)
+
+
+# -- an HTTP proxy ------------------------------------------------------------------------------
+
+
+class ForwardProxy:
+    """An HTTP proxy: absolute-form requests are forwarded, ``CONNECT`` is tunnelled.
+    ``seen`` records (method, target) of what it was asked."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_CONNECT(self) -> None:
+                proxy.seen.append(("CONNECT", self.path))
+                host, port = self.path.rsplit(":", 1)
+                upstream = socket.create_connection((host, int(port)))
+                self.send_response(200, "Connection established")
+                self.end_headers()
+                self.wfile.flush()
+                a = threading.Thread(target=_copy, args=(self.connection, upstream), daemon=True)
+                a.start()
+                _copy(upstream, self.connection)
+                a.join(10)
+                self.close_connection = True
+
+            def _forward(self) -> None:
+                proxy.seen.append((self.command, self.path))
+                url = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("proxy-authorization", "connection")}
+                conn = http.client.HTTPConnection(url.netloc, timeout=30)
+                conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""),
+                             body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _copy(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)

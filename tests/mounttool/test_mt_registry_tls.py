@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from mt_helpers import F, make_tar
 from mt_images import build, write_layout
-from mt_registry import Registry, cli, registry_server
+from mt_registry import FakeRegistry, ForwardProxy, Registry, cli, registry_server
 
 from mounttool.images import ImageStore
 from mounttool.ingest import load_path
 from mounttool.store import Store
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +42,35 @@ def test_tls_registry(registry: Registry, tmp_path: Path, capsys: pytest.Capture
     res = cli(capsys, tmp_path / "dst2", "pull", name)
     assert res.code == 0, res.err
     assert f"Image ID: {img.id}" in res.out
+
+
+def test_through_an_http_proxy(registry: Registry, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    img = build([make_tar([F("proxied", b"via a proxy")])])
+    name = f"{registry.host}/proxied/app:1"
+    load_path(ImageStore(Store(tmp_path / "src")), write_layout(tmp_path / "lay", [(name, img)]))
+    proxy = ForwardProxy()
+    for var in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("https_proxy", proxy.url.replace("http://", "http://user:pw@"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(registry.data.parent / "cert.pem"))
+    try:
+        res = cli(capsys, tmp_path / "src", "push", name)
+        assert res.code == 0, res.err
+        assert proxy.seen and all(s == ("CONNECT", registry.host) for s in proxy.seen)
+        with FakeRegistry() as fake:  # plain HTTP: absolute targets through the proxy
+            fake.routes["/v2/"] = lambda h: (200, {}, b"{}")
+            fake.serve_image("plain/app", "1", img.blobs, img.manifest, OCI_MANIFEST,
+                             lambda h: True)
+            monkeypatch.setenv("http_proxy", proxy.url)
+            res = cli(capsys, tmp_path / "dst", "pull", "--tls-verify=false",
+                      f"{fake.host}/plain/app:1")
+            assert res.code == 0, res.err
+            assert ("GET", f"http://{fake.host}/v2/plain/app/manifests/1") in proxy.seen
+            monkeypatch.setenv("no_proxy", "127.0.0.1")
+            before = len(proxy.seen)
+            assert cli(capsys, tmp_path / "dst2", "pull", name).code == 0
+            assert len(proxy.seen) == before
+    finally:
+        proxy.close()
