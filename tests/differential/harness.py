@@ -43,10 +43,11 @@ class Case:
         return dataclasses.replace(self, ops=tuple(self.full[i] for i in keep), keep=tuple(keep))
 
 
-def make_case(seed: int, nops: int, *, wh_names: bool = True) -> Case:
+def make_case(seed: int, nops: int, *, wh_names: bool = True, hardlinks: bool = True) -> Case:
     """The case of ``seed``: 2..4 lowers, maybe an upper, ``nops`` operations."""
     rng = random.Random(seed)
-    stack = TreeGenerator(rng, wh_names=wh_names).stack(rng.randint(2, 4))
+    gen = TreeGenerator(rng, wh_names=wh_names, hardlinks=hardlinks)
+    stack = gen.stack(rng.randint(2, 4))
     ops = OpGenerator(rng, stack).sequence(nops)
     return Case(seed, stack, tuple(ops), tuple(range(nops)), tuple(ops))
 

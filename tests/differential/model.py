@@ -158,8 +158,10 @@ def kind_of(node: Node) -> str:
 class TreeGenerator:
     """Seeded generator of one stack of 2..4 lowers (and maybe an upper)."""
 
-    def __init__(self, rng: random.Random, *, wh_names: bool = True) -> None:
+    def __init__(self, rng: random.Random, *, wh_names: bool = True,
+                 hardlinks: bool = True) -> None:
         self.rng = rng
+        self.hardlinks = hardlinks
         self.names = NAMES + (RARE_NAMES if wh_names else RARE_NAMES[1:])
 
     def stack(self, nlowers: int) -> Stack:
@@ -232,7 +234,7 @@ class TreeGenerator:
             kinds += ["dir"] * 5
         if merged and not opaque_above and path in view:
             kinds += ["whiteout"] * 5
-        if any(isinstance(n, File) for n in layer.values()):
+        if self.hardlinks and any(isinstance(n, File) for n in layer.values()):
             kinds += ["hardlink"] * 2
         kind = rng.choice(kinds)
         if kind == "file":

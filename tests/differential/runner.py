@@ -107,14 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip a compared field (mode, nlink, mtime, opaque, xattrs, links, ...) "
                         "or dir-FIELD for directories only, to look past a known difference; "
                         "repeatable")
+    p.add_argument("--no-hardlinks", action="store_true",
+                   help="no hardlinks in the generated layers (ops may still make some)")
     p.add_argument("--workdir", default=None, help="where the layer copies go (default /tmp)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cases = [make_case(s, args.ops, wh_names=not args.no_wh_names)
-             for s in parse_seeds(args.seeds)]
+    cases = [make_case(s, args.ops, wh_names=not args.no_wh_names,
+                       hardlinks=not args.no_hardlinks) for s in parse_seeds(args.seeds)]
     if args.keep_ops is not None:
         keep = [int(i) for i in args.keep_ops.split(",") if i.strip()]
         cases = [c.with_ops(keep) for c in cases]
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     flags = "".join(f" --ignore {f}" for f in args.ignore)
     flags += " --no-wh-names" if args.no_wh_names else ""
+    flags += " --no-hardlinks" if args.no_hardlinks else ""
     for failure in out.failures:
         print(format_failure(failure, nops=args.ops, against=args.against, flags=flags),
               flush=True)
