@@ -93,8 +93,9 @@ class Files:
 
     def _open_real(self, node: Node, flags: int) -> int:
         flags = self.real_flags(flags)
-        if node.fd is not None:
-            return os.open(b"/proc/self/fd/%d" % node.fd, flags | os.O_CLOEXEC)
+        if node.fd is not None:  # a magic link: O_NOFOLLOW would refuse to follow it
+            return os.open(b"/proc/self/fd/%d" % node.fd,
+                           (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC)
         return self.tree.layers[node.layer].open(node.path(), flags)
 
     def open(self, node: Node, flags: int, caller: Caller) -> int:

@@ -312,7 +312,7 @@ class Namespace:
             dst_node = tree.node_for(new_parent, new_name, dst)
             if not dst.is_dir:
                 dst = self._index_before_unlink(new_parent, new_name, dst, dst_node)
-        tree.copy_up(src_node)
+        tree.copy_up_as(src_node, old_parent, old_name)
         oprel = tree.upper_dir(old_parent)
         nprel = tree.upper_dir(new_parent)
         self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent, new_parent)
@@ -332,8 +332,8 @@ class Namespace:
             raise oserror(errno.EXDEV)
         if key_of(src.st) == key_of(dst.st):
             return
-        tree.copy_up(src_node)
-        tree.copy_up(dst_node)
+        tree.copy_up_as(src_node, old_parent, old_name)
+        tree.copy_up_as(dst_node, new_parent, new_name)
         oprel, nprel = tree.upper_dir(old_parent), tree.upper_dir(new_parent)
         old, new = join(oprel, old_name), join(nprel, new_name)
         ufd = tree.upper.fd

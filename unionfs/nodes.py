@@ -72,6 +72,18 @@ class Node:
             return
         self.aliases.append((parent, name))
 
+    def make_primary(self, parent: Node, name: bytes) -> None:
+        """Make the known link (parent, name) the primary one (the old primary becomes an
+        alias); used so a lower hardlink is copied up under the name it was reached by."""
+        if self.parent is parent and self.name == name:
+            return
+        if not any(p is parent and n == name for p, n in self.aliases):
+            return
+        self._drop_alias(parent, name)
+        if self.parent is not None:
+            self.aliases.append((self.parent, self.name))
+        self.parent, self.name = parent, name
+
     def move_link(self, old_parent: Node, old_name: bytes, parent: Node, name: bytes) -> None:
         """A rename: the link (old_parent, old_name) is now (parent, name)."""
         if self.parent is old_parent and self.name == old_name:

@@ -149,6 +149,10 @@ class Tree:
                 node.fd = self.index.open(node.origin)
         elif node.parent is not parent or node.name != name:
             node.add_alias(parent, name)
+            if node.fd is None and not self.is_upper(node):
+                # Not copied up yet: a later copy-up goes under the name used last, which
+                # is the name the kernel acts on whenever it looked the name up first.
+                node.make_primary(parent, name)
         return node
 
     def _attach_hardlink(self, node: Node, key: Key) -> None:
@@ -207,6 +211,12 @@ class Tree:
         return os.statvfs(self.layers[0].fd)
 
     # -- copy-up ------------------------------------------------------------------------------
+
+    def copy_up_as(self, node: Node, parent: Node, name: bytes) -> None:
+        """Copy ``node`` up under the name (parent, name) an operation reached it by."""
+        if node.fd is None and not self.is_upper(node):
+            node.make_primary(parent, name)
+        self.copy_up(node)
 
     def copy_up(self, node: Node, with_data: bool = True) -> None:
         """Make the upper layer hold ``node`` (and its parents); no-op if it already does."""
