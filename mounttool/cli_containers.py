@@ -20,6 +20,7 @@ from mounttool.commit import commit, export
 from mounttool.containers import Container, Containers, live_mounts
 from mounttool.display import ago, human_size, table
 from mounttool.errors import ConflictError, MountToolError, UsageError
+from mounttool.fsutil import syncfs
 from mounttool.images import ImageStore
 from mounttool.overlayview import OverlayView
 from mounttool.refs import parse_tagged
@@ -33,6 +34,12 @@ def _ctx(args: argparse.Namespace) -> tuple[ImageStore, Containers]:
 
 def is_mounted(c: Container) -> bool:
     return bool(c.mountpoint) and c.mountpoint in live_mounts()
+
+
+def flush(c: Container) -> None:
+    """Push a mounted container's cached writes into its upper dir before reading it."""
+    if is_mounted(c):
+        syncfs(Path(c.mountpoint))
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -142,6 +149,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
     images, containers = _ctx(args)
     names = [str(parse_tagged(args.ref))] if args.ref else []
     c = containers.get(args.container)
+    flush(c)
     loaded = commit(images, containers, c, names, args.message or "", args.author or "",
                     args.change or [])
     print(loaded.id)
@@ -155,6 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("export: give -o (refusing to write a tar to a terminal)")
     with images.store.locked(exclusive=False):
         c = containers.get(args.container)
+        flush(c)
         layers = [containers.upper(c), *containers.lowers(images, c)]
         if dest == "-":
             export(layers, sys.stdout.buffer)
