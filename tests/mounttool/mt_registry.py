@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import socket
@@ -134,6 +133,10 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory,
     """The body of a module-scoped fixture: skip (with the reason) when not installed."""
     if registry_missing():
         pytest.skip(registry_missing() or "")
+    if users and shutil.which("htpasswd") is None:
+        pytest.skip("htpasswd is not installed (apt-get install apache2-utils)")
+    if tls and shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
     root = tmp_path_factory.mktemp("registry")
     with run_registry(root, users, self_signed(root) if tls else None) as reg:
         yield reg
@@ -300,16 +303,6 @@ class Throttle:
         self.stop.set()
         self.release.set()
         self.sock.close()
-
-
-def read_json(data: bytes) -> dict[str, object]:
-    obj = json.loads(data)
-    assert isinstance(obj, dict)
-    return obj
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)
 
 
 # -- an HTTP proxy ------------------------------------------------------------------------------
