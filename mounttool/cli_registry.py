@@ -42,12 +42,24 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+    return parse
+
+
 def _connection_args(p: argparse.ArgumentParser, auth: bool = True) -> None:
     p.add_argument("--tls-verify", type=_bool, default=True, metavar="BOOL",
                    help="verify TLS (false allows plain HTTP and unverified TLS for this "
                         "registry)")
     p.add_argument("--insecure", action="store_true", help="same as --tls-verify=false")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECS",
+    p.add_argument("--timeout", type=_positive(float), default=30.0, metavar="SECS",
                    help="network timeout in seconds (default 30)")
     p.add_argument("--ca-file", metavar="PEM", help="trust only these CA certificates "
                    "(default: the system's, or $SSL_CERT_FILE)")
@@ -61,7 +73,8 @@ def add_registry_commands(subparsers: argparse._SubParsersAction) -> None:  # ty
     p = subparsers.add_parser("pull", help="pull an image from a registry")
     p.add_argument("reference", help="[REGISTRY/]NAME[:TAG|@DIGEST]")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
-    p.add_argument("-j", "--jobs", type=int, default=3, help="parallel layer downloads")
+    p.add_argument("-j", "--jobs", type=_positive(int), default=3,
+                   help="parallel layer downloads (default 3)")
     p.add_argument("--no-resume", action="store_true",
                    help="discard partial downloads of an earlier pull instead of resuming")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the reference")
@@ -71,7 +84,8 @@ def add_registry_commands(subparsers: argparse._SubParsersAction) -> None:  # ty
     p = subparsers.add_parser("push", help="push an image to a registry")
     p.add_argument("image", help="image in the store (name, id or id prefix)")
     p.add_argument("reference", nargs="?", help="destination (default: the image's name)")
-    p.add_argument("-j", "--jobs", type=int, default=3, help="parallel blob uploads")
+    p.add_argument("-j", "--jobs", type=_positive(int), default=3,
+                   help="parallel blob uploads (default 3)")
     p.add_argument("--chunk-size", type=int, default=0, metavar="BYTES",
                    help="upload blobs larger than this in chunks (default: one request)")
     p.add_argument("--no-mount", action="store_true", help="never mount blobs from another "
