@@ -197,7 +197,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"Pushing {target.familiar}", flush=True)
         try:
             res = Pusher(_images(args), _client(args, target.domain), progress,
-                         opts).push(args.image, target)
+                         opts).push(args.image, target, named=args.reference is not None)
         finally:
             progress.close()
         if args.quiet:

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from mounttool import oci
 from mounttool.blobs import BlobStore
 from mounttool.digest import Digest
-from mounttool.errors import NotFoundError
+from mounttool.errors import NotFoundError, UsageError
 from mounttool.images import ImageStore
 from mounttool.refs import Reference
 from mounttool.registry.client import RegistryClient
@@ -79,11 +79,17 @@ class Pusher:
         self.blobs: BlobStore = images.blobs
         self.sources = BlobSources(images.store)
 
-    def push(self, image: str, target: Reference) -> PushResult:
+    def push(self, image: str, target: Reference, named: bool = True) -> PushResult:
+        """Push ``image`` to ``target``; ``named=False``: the target is the image's own name,
+        which must then be one of its tags (as docker requires)."""
         tag = target.tag or "latest"
         with self.images.store.locked(exclusive=False):
             cat = self.images.load()
-            info = self.images.info(cat, self.images.resolve(cat, image))
+            image_id = self.images.resolve(cat, image)
+            if not named and cat.tags.get(str(target)) != image_id:
+                raise UsageError(f"no image is tagged {target.familiar}: name the destination "
+                                 "(push IMAGE REF) or tag it first")
+            info = self.images.info(cat, image_id)
             manifest_bytes = self.blobs.read(info.record.manifest)
             descs = _unique([info.manifest.config, *info.manifest.layers])
             for d in descs:

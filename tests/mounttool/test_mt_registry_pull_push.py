@@ -66,6 +66,9 @@ def test_push_then_pull_round_trips_digests(registry: Registry, tmp_path: Path,
     assert status == 200 and body == img.manifest
     assert headers["Docker-Content-Digest"] == img.digest
 
+    res = cli(capsys, tmp_path / "a", "push", "--tls-verify=false", img.id[7:19])
+    assert res.code == 2 and "name the destination (push IMAGE REF)" in res.err
+
     res = cli(capsys, tmp_path / "b", "pull", "--tls-verify=false", name)
     assert res.code == 0, res.err
     assert f"Digest: {img.digest}" in res.out and f"Image ID: {img.id}" in res.out
