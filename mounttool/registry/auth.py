@@ -80,9 +80,11 @@ TokenFetcher = Callable[[str, dict[str, str]], tuple[int, bytes]]
 class Authenticator:
     """Per-registry auth state, shared by the threads of one command."""
 
-    def __init__(self, registry: str, creds: Credentials | None) -> None:
+    def __init__(self, registry: str, creds: Credentials | None,
+                 plain_http_ok: bool = False) -> None:
         self.registry = registry
         self.creds = creds
+        self.plain_http_ok = plain_http_ok
         self._lock = threading.Lock()
         self._basic = False
         self._bearer: Challenge | None = None
@@ -133,6 +135,11 @@ class Authenticator:
 
     def _fetch_token(self, scope: str, challenge: Challenge, fetch: TokenFetcher) -> None:
         realm = challenge.params["realm"]
+        if self.creds is not None and not realm.startswith("https://") and \
+                not self.plain_http_ok:
+            raise RegistryError(f"registry {self.registry}: refusing to send credentials to "
+                                f"the token server {realm} over plain HTTP "
+                                "(--tls-verify=false allows it)")
         query: list[tuple[str, str]] = []
         if challenge.params.get("service"):
             query.append(("service", challenge.params["service"]))

@@ -165,7 +165,7 @@ class Transport:
                  creds: Credentials | None) -> None:
         self.registry = registry
         self.opts = opts
-        self.auth = Authenticator(registry, creds)
+        self.auth = Authenticator(registry, creds, plain_http_ok=opts.insecure)
         self._probed = not opts.insecure
         self._lock = threading.Lock()
         self._pool = _Pool()

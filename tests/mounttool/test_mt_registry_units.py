@@ -12,8 +12,9 @@ import pytest
 
 from mounttool.errors import MountToolError
 from mounttool.registry import credentials
-from mounttool.registry.auth import Credentials
+from mounttool.registry.auth import Authenticator, Credentials
 from mounttool.registry.client import _media_type
+from mounttool.registry.errors import RegistryError
 from mounttool.registry.progress import LineProgress, TTYProgress, make_progress
 
 
@@ -91,3 +92,19 @@ def test_manifest_media_type_negotiation() -> None:
         "application/vnd.oci.image.manifest.v1+json"
     assert _media_type("text/html", b"<html>") == "text/html"
     assert _media_type("application/json", b"not json") == "application/json"
+
+
+def test_credentials_never_go_to_a_plain_http_token_server() -> None:
+    calls: list[str] = []
+
+    def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        calls.append(url)
+        return 200, b'{"token": "t"}'
+
+    auth = Authenticator("reg.example", Credentials("u", "pw"))
+    with pytest.raises(RegistryError, match="refusing to send credentials"):
+        auth.respond('Bearer realm="http://auth.example/token"', "", fetch)
+    assert calls == []
+    anonymous = Authenticator("reg.example", None)
+    assert anonymous.respond('Bearer realm="http://auth.example/token"', "s", fetch)
+    assert anonymous.header("s") == "Bearer t"
