@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from mounttool import oci
-from mounttool.digest import CHUNK, Digest, VerifyingReader
+from mounttool.digest import CHUNK, Digest, VerifyingReader, chain_ids
 from mounttool.errors import DigestMismatchError, InvalidImageError
 from mounttool.formats import LayerSource, SourceImage
 from mounttool.images import ImageStore
@@ -189,6 +189,10 @@ class Puller:
             layers = [LayerSource(d.media_type, d.digest, d.size, partial(blobs.open, d.digest),
                                   f"layer {d.digest.short} of {ref.familiar}")
                       for d in manifest.layers]
+            todo = [c for c in chain_ids(list(oci.ImageConfig.parse(config).diff_ids))
+                    if not self.images.layers.has(c)]
+            if todo:
+                self.progress.message(f"Unpacking {len(todo)} layer{'s' * (len(todo) > 1)}")
             cat = self.images.load()
             loaded = Ingester(self.images, txn).add(cat, SourceImage(
                 names, config, layers, fetched.data, manifest.config.digest, fetched.digest))
