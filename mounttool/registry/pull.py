@@ -182,6 +182,10 @@ class Puller:
                 if blobs.has(digest):  # a concurrent pull of the same blob stored it first
                     path.unlink(missing_ok=True)
                     continue
+                if digest.algorithm != "sha256":  # put_file names blobs by sha256
+                    with open(path, "rb") as f:
+                        blobs.put(f, txn, digest, None, f"blob {digest}")
+                    continue
                 got = blobs.put_file(path, txn)
                 if got != digest:
                     raise DigestMismatchError(f"blob {digest}: staged content changed "
