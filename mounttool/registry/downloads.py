@@ -57,11 +57,6 @@ class Staging:
     def partial(self, digest: Digest) -> Path:
         return self.dir / f"{digest.algorithm}-{digest.hex}.partial"
 
-    def discard(self, digest: Digest) -> None:
-        for path in (self.partial(digest), self.done(digest)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
     def prune(self, max_age: float = STALE_AFTER) -> None:
         """Forget downloads nobody finished for a week."""
         if not self.dir.is_dir():
