@@ -3,8 +3,9 @@
 ``mounttool login`` writes ``$MOUNTTOOL_AUTH_FILE`` (default
 ``$XDG_CONFIG_HOME/mounttool/auth.json``, mode 0600) in docker's format
 (``{"auths": {"<registry>": {"auth": base64("user:password")}}}``), so either tool can read it.
-Lookups then fall back to ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``
-(``auths`` only; credential helpers are not run).  Docker Hub is keyed as docker keys it.
+Lookups then fall back to ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``: its
+credential helper for the registry (``credHelpers``/``credsStore``, ``docker-credential-<name>
+get``) when it has one, else ``auths``.  Docker Hub is keyed as docker keys it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -96,7 +100,15 @@ def lookup(registry: str, authfile: Path | None = None,
     files = [authfile] if authfile else [mounttool_auth_file(environ),
                                          docker_config_file(environ)]
     for path in files:
-        auths = _read(path).get("auths") or {}
+        config = _read(path)
+        helper = _helper_for(config, registry)
+        if helper:
+            creds = run_helper(helper, registry_key(registry))
+            if creds is not None:
+                log.debug("using credentials for %s from docker-credential-%s", registry,
+                          helper)
+                return creds
+        auths = config.get("auths") or {}
         if not isinstance(auths, dict):
             continue
         for key, entry in auths.items():
@@ -106,6 +118,41 @@ def lookup(registry: str, authfile: Path | None = None,
                     log.debug("using credentials for %s from %s", registry, path)
                     return creds
     return None
+
+
+def _helper_for(config: dict[str, Any], registry: str) -> str | None:
+    """docker's ``credHelpers`` entry for the registry, else its ``credsStore``."""
+    helpers = config.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key, name in helpers.items():
+            if _key_matches(str(key), registry) and isinstance(name, str) and name:
+                return name
+    store = config.get("credsStore")
+    return store if isinstance(store, str) and store else None
+
+
+def run_helper(name: str, server: str) -> Credentials | None:
+    """``docker-credential-<name> get``: credentials from a docker credential helper."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise MountToolError(f"invalid docker credential helper name {name!r}")
+    program = shutil.which(f"docker-credential-{name}")
+    if program is None:
+        log.debug("docker-credential-%s is not installed", name)
+        return None
+    try:
+        res = subprocess.run([program, "get"], input=server.encode(), capture_output=True,
+                             timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MountToolError(f"docker-credential-{name} failed: {exc}") from None
+    if res.returncode != 0:  # "credentials not found" and the like: none stored
+        log.debug("docker-credential-%s has no credentials for %s", name, server)
+        return None
+    try:
+        obj = json.loads(res.stdout)
+        user, secret = str(obj["Username"]), str(obj["Secret"])
+    except (ValueError, KeyError, TypeError):
+        raise MountToolError(f"docker-credential-{name} returned unreadable output") from None
+    return Credentials(user, secret) if secret else None
 
 
 def _write(path: Path, obj: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -108,3 +109,23 @@ def test_credentials_never_go_to_a_plain_http_token_server() -> None:
     anonymous = Authenticator("reg.example", None)
     assert anonymous.respond('Bearer realm="http://auth.example/token"', "s", fetch)
     assert anonymous.header("s") == "Bearer t"
+
+
+def test_docker_credential_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-fake"
+    helper.write_text('#!/bin/sh\n[ "$1" = get ] || exit 2\nread server\n'
+                      'case "$server" in reg.example:5000) '
+                      'printf \'{"Username":"hu","Secret":"hs"}\' ;;\n'
+                      '*) echo "credentials not found in native keychain"; exit 1 ;; esac\n')
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "credsStore": "fake", "credHelpers": {"other.example": "missing-helper"},
+        "auths": {"plain.example": {"auth": base64.b64encode(b"pu:pp").decode()}}}))
+    env = {"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path)}
+    assert credentials.lookup("reg.example:5000", environ=env) == Credentials("hu", "hs")
+    assert credentials.lookup("plain.example", environ=env) == Credentials("pu", "pp")
+    assert credentials.lookup("other.example", environ=env) is None
+    assert credentials.lookup("nowhere.example", environ=env) is None
