@@ -73,8 +73,11 @@ def parse_challenges(header: str) -> list[Challenge]:
     return out
 
 
-TokenFetcher = Callable[[str, dict[str, str]], tuple[int, bytes]]
-"""GET an absolute URL with headers; returns (status, body).  Supplied by the transport."""
+TokenFetcher = Callable[[str, dict[str, str], bytes | None], tuple[int, bytes]]
+"""GET (or, with a body, POST a form to) an absolute URL; returns (status, body).  Supplied by
+the transport."""
+IDENTITY_TOKEN_USER = "<token>"
+"""docker's username for an identity (OAuth2 refresh) token in place of a password."""
 
 
 class Authenticator:
@@ -140,16 +143,13 @@ class Authenticator:
             raise RegistryError(f"registry {self.registry}: refusing to send credentials to "
                                 f"the token server {realm} over plain HTTP "
                                 "(--tls-verify=false allows it)")
-        query: list[tuple[str, str]] = []
-        if challenge.params.get("service"):
-            query.append(("service", challenge.params["service"]))
-        query.extend(("scope", s) for s in scope.split(" ") if s)
-        if self.creds is not None:
-            query.append(("account", self.creds.username))
-        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        headers = {"Authorization": self.creds.basic_header()} if self.creds else {}
         log.debug("fetching a token from %s for %s", realm, scope)
-        status, body = fetch(url, headers)
+        if self.creds is not None and self.creds.username == IDENTITY_TOKEN_USER:
+            status, body = fetch(realm, {}, _refresh_form(challenge, scope, self.creds))
+        else:
+            status, body = fetch(_token_url(realm, challenge, scope, self.creds),
+                                 {"Authorization": self.creds.basic_header()}
+                                 if self.creds else {}, None)
         if status in (401, 403):
             raise UnauthorizedError(_denied(self.registry, self.creds))
         if status != 200:
@@ -158,6 +158,25 @@ class Authenticator:
         token, lifetime = _parse_token(body, self.registry)
         with self._lock:
             self._tokens[scope] = (token, time.monotonic() + max(lifetime - 5.0, 1.0))
+
+
+def _token_url(realm: str, challenge: Challenge, scope: str,
+               creds: Credentials | None) -> str:
+    query: list[tuple[str, str]] = []
+    if challenge.params.get("service"):
+        query.append(("service", challenge.params["service"]))
+    query.extend(("scope", s) for s in scope.split(" ") if s)
+    if creds is not None:
+        query.append(("account", creds.username))
+    return realm + ("&" if "?" in realm else "?") + urlencode(query)
+
+
+def _refresh_form(challenge: Challenge, scope: str, creds: Credentials) -> bytes:
+    """The OAuth2 form that trades an identity token for an access token (docker's way)."""
+    form = [("grant_type", "refresh_token"), ("refresh_token", creds.password),
+            ("client_id", "mounttool"), ("service", challenge.params.get("service", ""))]
+    form.extend(("scope", s) for s in scope.split(" ") if s)
+    return urlencode(form).encode()
 
 
 def _parse_token(body: bytes, registry: str) -> tuple[str, float]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mounttool.errors import MountToolError
-from mounttool.registry.auth import Credentials
+from mounttool.registry.auth import IDENTITY_TOKEN_USER, Credentials
 
 log = logging.getLogger(__name__)
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -90,7 +90,7 @@ def _decode(entry: Any, path: Path) -> Credentials | None:
     if entry.get("username") and entry.get("password"):
         return Credentials(str(entry["username"]), str(entry["password"]))
     if entry.get("identitytoken"):
-        return Credentials("<token>", str(entry["identitytoken"]))
+        return Credentials(IDENTITY_TOKEN_USER, str(entry["identitytoken"]))
     return None
 
 

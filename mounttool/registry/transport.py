@@ -244,8 +244,12 @@ class Transport:
                 log.debug("registry %s does not speak TLS: using plain HTTP", self.registry)
             self._probed = True
 
-    def token_fetch(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        with self.raw("GET", url, headers) as resp:
+    def token_fetch(self, url: str, headers: dict[str, str],
+                    form: bytes | None) -> tuple[int, bytes]:
+        if form is not None:
+            headers = {**headers, "Content-Type": "application/x-www-form-urlencoded",
+                       "Content-Length": str(len(form))}
+        with self.raw("POST" if form is not None else "GET", url, headers, form) as resp:
             return resp.status, resp.read(MAX_ERROR_BODY)
 
     def request(self, method: str, path: str, scope: str, *, expect: tuple[int, ...] = (200,),

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_manifest_media_type_negotiation() -> None:
 def test_credentials_never_go_to_a_plain_http_token_server() -> None:
     calls: list[str] = []
 
-    def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    def fetch(url: str, headers: dict[str, str], form: bytes | None) -> tuple[int, bytes]:
         calls.append(url)
         return 200, b'{"token": "t"}'
 
@@ -129,3 +130,21 @@ def test_docker_credential_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert credentials.lookup("plain.example", environ=env) == Credentials("pu", "pp")
     assert credentials.lookup("other.example", environ=env) is None
     assert credentials.lookup("nowhere.example", environ=env) is None
+
+
+def test_identity_tokens_are_traded_for_access_tokens() -> None:
+    sent: list[tuple[str, dict[str, str], bytes | None]] = []
+
+    def fetch(url: str, headers: dict[str, str], form: bytes | None) -> tuple[int, bytes]:
+        sent.append((url, headers, form))
+        return 200, b'{"access_token": "a", "expires_in": 600}'
+
+    auth = Authenticator("acr.example", Credentials("<token>", "refresh-xyz"))
+    challenge = 'Bearer realm="https://acr.example/oauth2/token",service="acr.example"'
+    assert auth.respond(challenge, "repository:x/y:pull", fetch)
+    assert auth.header("repository:x/y:pull") == "Bearer a"
+    ((url, headers, form),) = sent
+    assert url == "https://acr.example/oauth2/token" and "Authorization" not in headers
+    assert form is not None and parse_qs(form.decode()) == {
+        "grant_type": ["refresh_token"], "refresh_token": ["refresh-xyz"],
+        "client_id": ["mounttool"], "service": ["acr.example"], "scope": ["repository:x/y:pull"]}
