@@ -282,7 +282,11 @@ class Tree:
         if node.origin is not None and index is not None and node.origin in index:
             if node.aliases or node.opens:
                 node.fd = index.open(node.origin)
-        elif node.opens:
+            return
+        st = self.layers[layer].lstat(node.path())
+        # Devices, fifos and sockets are opened by the kernel without asking us, so any of
+        # them may still be open: keep them all (until the kernel forgets the inode).
+        if st is not None and (node.opens or not stat.S_ISREG(st.st_mode)):
             node.fd = self.layers[layer].open(node.path(), os.O_PATH)
 
     def count_link(self, node: Node, delta: int) -> None:
