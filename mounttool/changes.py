@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mounttool.fsutil import walk_sorted
 from mounttool.overlayview import OverlayView, opaque_at
-from mounttool.tarwriter import add_entry, open_writer, set_mtime, tarinfo_for, walk_sorted
+from mounttool.tarwriter import add_entry, open_writer, set_mtime, tarinfo_for
 from unionfs.whiteout import OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout_stat
 
 

@@ -7,18 +7,18 @@ its recorded mountpoint is a live unionfs mount (checked in /proc/self/mountinfo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mounttool.digest import Digest
 from mounttool.errors import ConflictError, MountToolError, NotFoundError, UsageError
+from mounttool.fsutil import disk_usage, remove_tree
 from mounttool.images import ImageStore, now_iso
-from mounttool.layerstore import disk_usage
 from mounttool.store import Store, atomic_write
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -100,7 +100,8 @@ class Containers:
                 self.root.mkdir(exist_ok=True)
                 os.rename(tmp, self.dir(c))
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_tree(tmp)
                 raise
             return c
 
@@ -108,7 +109,7 @@ class Containers:
         self.store.require_exclusive()
         doomed = self.store.mkdtemp("rm-") / "c"
         os.rename(self.dir(c), doomed)
-        shutil.rmtree(doomed.parent)
+        remove_tree(doomed.parent)
 
     def size(self, c: Container) -> int:
         return disk_usage(self.upper(c))

@@ -9,9 +9,9 @@ import ctypes
 import errno
 import logging
 import os
-import shutil
 import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def setxattr(target: int | bytes, key: bytes, value: bytes, ti: tarfile.TarInfo)
 
 def remove(pfd: int, name: bytes, st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=pfd)
+        rmtree_at(pfd, name)
     else:
         os.unlink(name, dir_fd=pfd)
 
@@ -134,3 +134,106 @@ def set_owner_xattrs(pfd: int, name: bytes | None, ti: tarfile.TarInfo,
     if same_owner:
         os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
     set_xattrs_at(pfd, name, ti)
+
+
+def rmtree_at(pfd: int, name: bytes) -> None:
+    """Remove ``name`` below the directory ``pfd``: no recursion (any depth), no symlink
+    followed, read-only directories made writable first.  Nested directories are flattened
+    upwards, one level per pass, then everything at the top level is removed."""
+    try:
+        st = os.lstat(name, dir_fd=pfd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=pfd)
+        return
+    fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
+    try:
+        os.fchmod(fd, 0o700)
+        counter = 0
+        while True:
+            subdirs = _clear_files(fd)
+            if not subdirs:
+                break
+            for sub in subdirs:
+                counter = _lift_children(fd, sub, counter)
+                os.rmdir(sub, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=pfd)
+
+
+def _clear_files(fd: int) -> list[bytes]:
+    """Unlink every non-directory in ``fd``; return the subdirectory names."""
+    subdirs = []
+    for entry in os.scandir(fd):
+        name = os.fsencode(entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(name)
+        else:
+            os.unlink(name, dir_fd=fd)
+    return subdirs
+
+
+def _lift_children(fd: int, sub: bytes, counter: int) -> int:
+    """Move the entries of ``fd/sub`` up into ``fd`` under fresh names."""
+    sfd = os.open(sub, DIR_FLAGS, dir_fd=fd)
+    try:
+        os.fchmod(sfd, 0o700)
+        for entry in os.scandir(sfd):
+            while True:
+                counter += 1
+                try:
+                    os.rename(os.fsencode(entry.name), b".rm-%d" % counter, src_dir_fd=sfd,
+                              dst_dir_fd=fd)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR,
+                                         errno.ENOTDIR):
+                        raise
+    finally:
+        os.close(sfd)
+    return counter
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or a whole tree (see rmtree_at); a missing path is fine."""
+    try:
+        pfd = os.open(path.parent, DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    try:
+        rmtree_at(pfd, os.fsencode(path.name))
+    finally:
+        os.close(pfd)
+
+
+def walk_sorted(root: bytes) -> Iterator[bytes]:
+    """Relative paths below ``root``, sorted, parents first; no recursion, no symlinks."""
+    stack = [iter(sorted(os.listdir(root)))]
+    prefixes = [b""]
+    while stack:
+        name = next(stack[-1], None)
+        if name is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        rel = prefixes[-1] + name
+        yield rel
+        full = os.path.join(root, rel)
+        if stat.S_ISDIR(os.lstat(full).st_mode):
+            stack.append(iter(sorted(os.listdir(full))))
+            prefixes.append(rel + b"/")
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes used by a tree, each hardlinked inode counted once."""
+    root = os.fsencode(path)
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for rel in walk_sorted(root) if os.path.isdir(root) else ():
+        st = os.lstat(os.path.join(root, rel))
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total

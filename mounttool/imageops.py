@@ -13,8 +13,8 @@ from typing import Any
 from mounttool.digest import Digest
 from mounttool.display import parse_time
 from mounttool.errors import ConflictError, MountToolError, UsageError
+from mounttool.fsutil import disk_usage
 from mounttool.images import Catalogue, ImageInfo, ImageStore, containers_using
-from mounttool.layerstore import disk_usage
 from mounttool.refs import parse_reference, parse_tagged
 
 

@@ -8,10 +8,10 @@ duplicate directories even when a manifest lists the same layer twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from mounttool.digest import Digest
 from mounttool.errors import InvalidDigestError, StoreError
-from mounttool.fsutil import syncfs
+from mounttool.fsutil import disk_usage, remove_tree, syncfs
 from mounttool.store import Store, Transaction, atomic_write
 from mounttool.unpack import UnpackOptions, unpack_into
 
@@ -71,10 +71,11 @@ class LayerStore:
         try:
             self._unpack(tmp, chains, diff_ids, index, opener, opts)
             if self.path(chain).exists():  # a half-removed layer: replace it
-                shutil.rmtree(self.path(chain))
+                remove_tree(self.path(chain))
             os.rename(tmp, self.path(chain))
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(tmp)
             raise
         txn.created(self.path(chain))
         return True
@@ -110,19 +111,5 @@ class LayerStore:
         # Rename first so a crash never leaves a half-deleted layer under its real name.
         doomed = self.store.mkdtemp("rm-") / "layer"
         os.rename(path, doomed)
-        shutil.rmtree(doomed.parent)
+        remove_tree(doomed.parent)
         return size
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes used by a tree, each hardlinked inode counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
-    return total

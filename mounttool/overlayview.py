@@ -85,12 +85,7 @@ class OverlayView:
     def listdir(self, parts: Parts) -> list[bytes]:
         """Names in the merged directory ``parts`` (whiteouts removed)."""
         dirs = self.layers if not parts else self._dirs_of(parts)
-        rel = b"/".join(parts)
-        names: set[bytes] = set()
-        for d in dirs:
-            names.update(os.listdir(os.path.join(d, rel) if rel else d))
-        return sorted(n for n in names if self._resolve(dirs, os.path.join(rel, n) if rel
-                                                        else n)[0] is not None)
+        return [entry.parts[-1] for entry, _ in self._children(parts, dirs)]
 
     def _dirs_of(self, parts: Parts) -> list[bytes]:
         dirs = self.layers
@@ -101,17 +96,26 @@ class OverlayView:
         return dirs
 
     def walk(self, parts: Parts = ()) -> Iterator[Entry]:
-        """Every merged entry below ``parts``, sorted, parents before children."""
-        dirs = self.layers if not parts else self._dirs_of(parts)
+        """Every merged entry below ``parts``, sorted, parents before children (no recursion)."""
+        stack = [iter(self._children(parts, self.layers if not parts else self._dirs_of(parts)))]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            entry, below = item
+            yield entry
+            if below:
+                stack.append(iter(self._children(entry.parts, below)))
+
+    def _children(self, parts: Parts, dirs: list[bytes]) -> list[tuple[Entry, list[bytes]]]:
         rel = b"/".join(parts)
         names: set[bytes] = set()
         for d in dirs:
             names.update(os.listdir(os.path.join(d, rel) if rel else d))
+        out = []
         for name in sorted(names):
-            sub = os.path.join(rel, name) if rel else name
-            entry, below = self._resolve(dirs, sub)
-            if entry is None:
-                continue
-            yield entry
-            if below:
-                yield from self.walk((*parts, name))
+            entry, below = self._resolve(dirs, os.path.join(rel, name) if rel else name)
+            if entry is not None:
+                out.append((entry, below))
+        return out

@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,13 +68,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def remove_path(path: Path) -> None:
     """Remove a file or a whole tree, without following symlinks; missing is fine."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
+    from mounttool.fsutil import remove_tree
+    remove_tree(path)
 
 
 class Transaction:

@@ -12,23 +12,12 @@ import logging
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mounttool.fsutil import PRIVATE_XATTRS, XATTR_PREFIX
+from mounttool.fsutil import PRIVATE_XATTRS, XATTR_PREFIX, walk_sorted
 
 log = logging.getLogger(__name__)
-
-
-def walk_sorted(root: bytes, rel: bytes = b"") -> Iterator[bytes]:
-    """Relative paths below ``root``, sorted, parents first; symlinks are not followed."""
-    here = os.path.join(root, rel) if rel else root
-    for name in sorted(os.listdir(here)):
-        path = os.path.join(rel, name) if rel else name
-        yield path
-        if stat.S_ISDIR(os.lstat(os.path.join(root, path)).st_mode):
-            yield from walk_sorted(root, path)
 
 
 def tarinfo_for(full: bytes, arcname: bytes, st: os.stat_result,

@@ -19,7 +19,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -33,6 +32,7 @@ from mounttool.fsutil import (
     DIR_FLAGS,
     lower_dir_stat,
     remove,
+    remove_tree,
     set_owner_xattrs,
     set_xattrs_at,
     set_xattrs_fd,
@@ -61,6 +61,8 @@ from unionfs.whiteout import (
 log = logging.getLogger(__name__)
 Parts = tuple[bytes, ...]
 _META_PREFIX = WHITEOUT_PREFIX + WHITEOUT_PREFIX
+PATH_LIMIT = 3584
+"""Longest entry path accepted: unpacked trees stay walkable by path (PATH_MAX is 4096)."""
 _TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE,
           tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
           tarfile.FIFOTYPE}
@@ -125,12 +127,10 @@ class _Unpacker:
     def open_dir(self, parts: Parts, create: bool) -> int:
         """An fd for the directory ``parts``, opened component by component with O_NOFOLLOW.
 
-        The last directory reached is kept open: tar entries of one directory come together.
+        The last directory reached is kept open and the walk starts from it: down for entries
+        of the same directory, up through ".." (our own private tree) for its ancestors.
         """
-        start, fd = 0, self.root_fd
-        if self._last is not None and parts[:len(self._last[0])] == self._last[0]:
-            start, fd = len(self._last[0]), self._last[1]
-        fd = os.dup(fd)
+        fd, start = self._from_last(parts)
         try:
             for i in range(start, len(parts)):
                 nfd = self._open_child(fd, parts[i], parts[:i + 1], create)
@@ -142,6 +142,23 @@ class _Unpacker:
         self.forget()
         self._last = (parts, os.dup(fd))
         return fd
+
+    def _from_last(self, parts: Parts) -> tuple[int, int]:
+        """A starting fd (owned by the caller) and how many components of ``parts`` it is."""
+        if self._last is None:
+            return os.dup(self.root_fd), 0
+        last, last_fd = self._last
+        common = 0
+        while common < min(len(last), len(parts)) and last[common] == parts[common]:
+            common += 1
+        if len(last) - common > common:
+            return os.dup(self.root_fd), 0  # cheaper from the root
+        fd = os.dup(last_fd)
+        for _ in range(len(last) - common):
+            nfd = os.open(b"..", DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd, common
 
     def forget(self) -> None:
         """Drop the cached directory fd (a directory was removed or replaced)."""
@@ -186,7 +203,11 @@ class _Unpacker:
         self.entries += 1
         if self.opts.max_entries is not None and self.entries > self.opts.max_entries:
             raise CorruptLayerError(f"layer has more than {self.opts.max_entries} entries")
-        parts = clean_path(os.fsencode(ti.name))
+        raw = os.fsencode(ti.name)
+        if len(raw) > PATH_LIMIT:
+            raise CorruptLayerError(f"layer entry {_show(raw[:60])!r}...: path longer than "
+                                    f"{PATH_LIMIT} bytes")
+        parts = clean_path(raw)
         if ti.type not in _TYPES:
             raise CorruptLayerError(f"layer entry {show(parts)!r}: unsupported tar entry type "
                                     f"{ti.type!r}")
@@ -324,7 +345,7 @@ class _Unpacker:
             self._make_opaque(parts)
         for wh in sorted(self.whiteouts, key=lambda w: len(w.parent)):
             self._place_whiteout(wh, fmt)
-        for parts in sorted(self.dirs, key=len, reverse=True):
+        for parts in sorted(self.dirs, reverse=True):  # children first, neighbours together
             self._finish_dir(parts, self.dirs[parts])
 
     def _place_whiteout(self, wh: _Whiteout, fmt: WhiteoutFormat) -> None:
@@ -415,6 +436,6 @@ def unpack_layer(src: BinaryIO, dest: Path, expected: Digest | None = None,
         os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
+            remove_tree(tmp)
         raise
     return result

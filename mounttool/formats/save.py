@@ -24,6 +24,7 @@ from mounttool import oci
 from mounttool.blobs import BlobStore
 from mounttool.digest import Digest, VerifyingReader
 from mounttool.errors import MountToolError
+from mounttool.fsutil import remove_tree
 from mounttool.images import ImageInfo
 from mounttool.refs import parse_reference
 from mounttool.tarstream import open_layer_stream
@@ -208,5 +209,6 @@ def _save_dir(blobs: BlobStore, items: list[SaveItem], dest: Path) -> None:
             dest.rmdir()
         os.rename(tmp, dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(tmp)
         raise

@@ -331,3 +331,27 @@ def test_every_hostile_layer_leaves_store_unchanged(store: Store, tmp_path: Path
                 load_path(ims, lay)
             assert snapshot(store.root) == before, entries
             assert list(store.tmp.iterdir()) == []
+
+
+def test_very_deep_trees(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                         ) -> None:
+    """Depth beyond Python's recursion limit: load, walk, remove; a bad one leaves nothing."""
+    from mounttool.cli import main
+    deep = "/".join(["d"] * 1100) + "/f"  # deeper than the recursion limit
+    ims = images(store)
+    load_path(ims, write_layout(tmp_path / "good", [("good:1", build([OTHER]))]))
+    before = snapshot(store.root)
+    bad = write_layout(tmp_path / "bad", [("bad:1", build([make_tar([F(deep), F("../x")])]))])
+    with pytest.raises(MountToolError, match="escapes"):
+        load_path(ims, bad)
+    assert snapshot(store.root) == before
+    too_long = write_layout(tmp_path / "long", [("l:1", build([make_tar([F("d/" * 1800)])]))])
+    with pytest.raises(MountToolError, match="longer than"):
+        load_path(ims, too_long)
+    load_path(ims, write_layout(tmp_path / "ok", [("deep:1", build([make_tar([F(deep)])]))]))
+    root = ["--root", str(store.root)]
+    assert main([*root, "df"]) == 0
+    assert main([*root, "tree", "deep:1"]) == 0
+    assert capsys.readouterr().out.count("/d") > 1100
+    assert main([*root, "rmi", "deep:1"]) == 0
+    assert snapshot(store.root) == before
