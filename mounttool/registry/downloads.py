@@ -131,6 +131,15 @@ class Downloader:
         self.client, self.ref, self.staging = client, ref, staging
         self.progress, self.abort, self.resume = progress, abort, resume
         self.retries = retries
+        self._active: set[Response] = set()
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Stop every download now (keeping what each has): set the flag, cut the sockets."""
+        self.abort.set()
+        with self._lock:
+            for resp in self._active:
+                resp.abort()
 
     def fetch(self, desc: Descriptor, key: str) -> Path:
         """A verified file holding the blob (downloaded now, or by an earlier pull)."""
@@ -183,9 +192,15 @@ class Downloader:
         self.progress.start(key, desc.size, "Downloading", offset)
         local = open(self.staging.partial(desc.digest), "rb") if offset else None  # noqa: SIM115
         source = _Resume(local, resp, desc.size - offset)
+        with self._lock:
+            self._active.add(resp)
         try:
+            if self.abort.is_set():
+                raise Aborted()
             self._stream(fd, source, desc, key, offset)
         finally:
+            with self._lock:
+                self._active.discard(resp)
             source.close()
 
     def _complete(self, desc: Descriptor) -> bool:
@@ -217,6 +232,8 @@ class Downloader:
             raise DigestMismatchError(f"{exc}: the registry sent corrupt data (the download "
                                       "was discarded)") from None
         except RegistryUnavailableError as exc:
+            if self.abort.is_set():
+                raise Aborted() from None
             raise RegistryUnavailableError(
                 f"{exc} while downloading {desc.digest.short} ({pos} of {desc.size} bytes "
                 "kept: pull again to resume)") from None

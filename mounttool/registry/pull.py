@@ -160,14 +160,14 @@ class Puller:
                     futures[pool.submit(dl.fetch, desc, desc.digest.short)] = desc
                 wait(futures, return_when=FIRST_EXCEPTION)
             except BaseException:
-                abort.set()
+                dl.stop()
                 raise
             failed = [f for f in futures if f.done() and f.exception() is not None
                       and not isinstance(f.exception(), Aborted)]
             if failed:
-                abort.set()
                 for f in futures:
                     f.cancel()
+                dl.stop()
         if failed:
             exc = failed[0].exception()
             assert exc is not None

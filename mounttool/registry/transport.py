@@ -110,6 +110,13 @@ class Response:
         except (OSError, http.client.HTTPException) as exc:
             raise _socket_error(exc, self.where) from None
 
+    def abort(self) -> None:
+        """From another thread: cut the connection so a blocked read returns at once."""
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         reuse = False
         if not self._resp.will_close:

@@ -260,3 +260,30 @@ def test_an_upload_cut_off_is_retried(registry: Registry, tmp_path: Path,
     assert proxy.cut_upload_after is None  # the cut happened
     status, headers, _ = registry.get("/v2/cutoff/app/manifests/1", {"Accept": OCI_MANIFEST})
     assert status == 200 and headers["Docker-Content-Digest"] == img.digest
+
+
+def test_ctrl_c_stops_a_pull_at_once_and_keeps_the_partial(
+        registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = pushed(registry, tmp_path, capsys, "interrupted/app", big=2_000_000)
+    layer = json.loads(img.manifest)["layers"][0]["digest"]
+    proxy = Throttle(registry.host, hold_after=500_000)
+    dst = tmp_path / "dst"
+    partial = dst / "downloads" / f"sha256-{layer.split(':')[1]}.partial"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mounttool.cli_registry", "--root",
+                                 str(dst), "pull", "--insecure", "--timeout", "60",
+                                 f"{proxy.host}/interrupted/app:1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proxy.held.wait(30), "the pull never reached the layer"
+        deadline = time.monotonic() + 20
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert time.monotonic() < deadline, "no partial download appeared"
+            time.sleep(0.02)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 10  # not the 60 s network timeout
+    finally:
+        proxy.close()
+    assert proc.returncode == 130 and err.decode() == "mounttool pull: interrupted\n"
+    assert partial.stat().st_size > 0 and stored_files(dst) == []
