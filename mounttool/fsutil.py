@@ -166,7 +166,9 @@ def rmtree_at(pfd: int, name: bytes) -> None:
 def _clear_files(fd: int) -> list[bytes]:
     """Unlink every non-directory in ``fd``; return the subdirectory names."""
     subdirs = []
-    for entry in os.scandir(fd):
+    with os.scandir(fd) as it:
+        entries = list(it)  # read the whole listing before changing the directory
+    for entry in entries:
         name = os.fsencode(entry.name)
         if entry.is_dir(follow_symlinks=False):
             subdirs.append(name)
@@ -180,7 +182,9 @@ def _lift_children(fd: int, sub: bytes, counter: int) -> int:
     sfd = os.open(sub, DIR_FLAGS, dir_fd=fd)
     try:
         os.fchmod(sfd, 0o700)
-        for entry in os.scandir(sfd):
+        with os.scandir(sfd) as it:
+            entries = list(it)
+        for entry in entries:
             while True:
                 counter += 1
                 try:

@@ -307,3 +307,23 @@ def test_gnu_tar_sparse_files(tmp_path: Path, fmt: str) -> None:
         data = f.read()
     dest = unpack(tmp_path, data, Digest.of_bytes(data))
     assert (dest / "big").read_bytes() == (src / "big").read_bytes()
+
+
+def test_rmtree_at_any_shape(tmp_path: Path) -> None:
+    from mounttool.fsutil import remove_tree
+    top = tmp_path / "t"
+    deep = top / "/".join(["d"] * 1200)
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    for name in (".rm-1", ".rm-2"):  # names the flattening itself uses
+        (top / name).mkdir()
+    (top / ".rm-3").write_text("f")
+    os.symlink("/etc", top / "link")
+    ro = top / "ro" / "sub"
+    ro.mkdir(parents=True)
+    (ro / "g").write_text("g")
+    ro.chmod(0o500)
+    (top / "ro").chmod(0o500)
+    remove_tree(top)
+    assert not top.exists() and Path("/etc/passwd").exists()
+    remove_tree(top)  # missing: fine
