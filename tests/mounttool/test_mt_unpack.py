@@ -312,9 +312,15 @@ def test_gnu_tar_sparse_files(tmp_path: Path, fmt: str) -> None:
 def test_rmtree_at_any_shape(tmp_path: Path) -> None:
     from mounttool.fsutil import remove_tree
     top = tmp_path / "t"
-    deep = top / "/".join(["d"] * 1200)
-    deep.mkdir(parents=True)
-    (deep / "f").write_text("x")
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(1200):  # deeper than Python's recursion limit
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
     for name in (".rm-1", ".rm-2"):  # names the flattening itself uses
         (top / name).mkdir()
     (top / ".rm-3").write_text("f")
