@@ -25,7 +25,7 @@ from .build import build_layer
 from .model import Stack, TreeGenerator
 from .mounts import Mounted, Mounter, MountError
 from .opgen import OpGenerator
-from .ops import Context, Op
+from .ops import Context, Op, Outcome
 from .snapshot import Difference, Tree, diff, snapshot
 
 
@@ -60,6 +60,8 @@ class Failure(NamedTuple):
     """"initial", "result", "tree", "upper", "mount" or "hang"."""
     difference: Difference
     note: str = ""
+    outcomes: tuple[Outcome, ...] = ()
+    """What side a's operations returned, up to the failing step."""
 
     def signature(self) -> tuple[str, str, str]:
         op = self.case.ops[self.step] if 0 <= self.step < len(self.case.ops) else None
@@ -194,7 +196,8 @@ class Batch:
                     with dog.step():
                         seen = snapshot(os.path.join(side.mnt, f"c{k}"), probes=probe_paths)
                     if d := diff(written, seen, self.ignore):
-                        results[k] = CaseResult(Failure(case, len(case.ops), stage, d))
+                        results[k] = CaseResult(Failure(case, len(case.ops), stage, d,
+                                                        outcomes=res.outcomes))
                         break
 
     @contextmanager
@@ -221,6 +224,7 @@ class CaseResult(NamedTuple):
     case: Case | None = None
     final_a: Tree | None = None
     final_b: Tree | None = None
+    outcomes: tuple[Outcome, ...] = ()
 
 
 def prepare(side: Side, cases: Sequence[Case]) -> None:
@@ -246,8 +250,10 @@ def run_case(case: Case, label: str, sides: list[Side], probes: bool,
         trees[:] = [snapshot(a.root, probes=probe_paths), snapshot(b.root, probes=probe_paths)]
         return diff(trees[0], trees[1], ignore)
 
+    outcomes: list[Outcome] = []
+
     def fail(step: int, stage: str, d: Difference) -> CaseResult:
-        return CaseResult(Failure(case, step, stage, d))
+        return CaseResult(Failure(case, step, stage, d, outcomes=tuple(outcomes)))
 
     try:
         with dog.step():
@@ -258,6 +264,7 @@ def run_case(case: Case, label: str, sides: list[Side], probes: bool,
             with dog.step():
                 oa, ob = op.run(a), op.run(b)
                 d = compare() if oa == ob else None
+            outcomes.append(oa)
             if dog.fired:
                 return fail(step, "hang", Difference(str(op), "timeout", "", ""))
             if oa != ob:
@@ -270,4 +277,4 @@ def run_case(case: Case, label: str, sides: list[Side], probes: bool,
     ua, ub = (os.path.join(s.upper, label) for s in sides)
     if d := diff(snapshot(ua, upper=True), snapshot(ub, upper=True), ignore):
         return fail(len(case.ops), "upper", d)
-    return CaseResult(None, case, trees[0], trees[1])
+    return CaseResult(None, case, trees[0], trees[1], tuple(outcomes))

@@ -59,6 +59,9 @@ def format_failure(failure: Failure, *, nops: int, against: str, flags: str = ""
     ]
     for i, op in enumerate(case.ops):
         mark = "  <-- differs here" if i == failure.step else ""
+        if i < len(failure.outcomes) and i != failure.step:
+            err, value = failure.outcomes[i]
+            mark = f"  -> {err or 'ok'}" + (f" {value!r}" if value is not None else "")
         lines.append(f"    [{case.keep[i]}] {op}{mark}")
     wanted = set(op_paths(case.ops))
     if failure.stage not in ("result", "hang", "mount"):
