@@ -68,8 +68,6 @@ class Reference:
             return Reference(self.domain, self.path, DEFAULT_TAG)
         return self
 
-    def with_tag(self, tag: str) -> Reference:
-        return Reference(self.domain, self.path, tag)
 
 
 def _split_domain(name: str) -> tuple[str, str]:

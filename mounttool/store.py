@@ -77,7 +77,6 @@ class Transaction:
 
     def __init__(self) -> None:
         self._created: list[Path] = []
-        self._on_rollback: list[Path] = []
 
     def created(self, path: Path) -> None:
         self._created.append(path)

@@ -100,6 +100,3 @@ def write_archive(out: Path) -> None:
             tar.addfile(ti, io.BytesIO(data))
     os.replace(tmp, out)
 
-
-def describe() -> str:
-    return json.dumps({"name": NAME, "layers": sorted(p.name for p in LAYERS.iterdir())})

@@ -9,9 +9,7 @@ staging dir so that members can be read in any order.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -160,6 +158,3 @@ def open_fs(path: Path, spool_dir: Path) -> ArchiveFS:
             return TarFS(spool(f, spool_dir, str(path)), str(path))
     return TarFS(path, str(path))
 
-
-def copy_stream(src: BinaryIO | io.BufferedReader, dst: BinaryIO) -> None:
-    shutil.copyfileobj(src, dst, 1 << 20)
