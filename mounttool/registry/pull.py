@@ -14,6 +14,7 @@ a failure inside step 3 rolls the transaction back.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from mounttool import oci
 from mounttool.digest import CHUNK, Digest, VerifyingReader, chain_ids
-from mounttool.errors import DigestMismatchError, InvalidImageError
+from mounttool.errors import DigestMismatchError, InvalidImageError, MountToolError, StoreError
 from mounttool.formats import LayerSource, SourceImage
 from mounttool.images import ImageStore
 from mounttool.ingest import Ingester
@@ -32,9 +33,11 @@ from mounttool.registry.downloads import Aborted, Downloader, Staging
 from mounttool.registry.errors import PlatformNotFoundError, UnsupportedMediaTypeError
 from mounttool.registry.progress import Progress
 from mounttool.registry.sources import BlobSources
+from mounttool.store import Transaction
 
 log = logging.getLogger(__name__)
 MAX_CONFIG = 16 << 20
+INGEST_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,10 @@ class PullResult:
     manifest_digest: Digest
     downloaded: int
     up_to_date: bool
+
+
+class _BlobsVanished(Exception):
+    """Blobs counted as present were gone once the exclusive lock was held."""
 
 
 def resolve(client: RegistryClient, ref: Reference,
@@ -105,8 +112,23 @@ class Puller:
         names = [str(ref)] if ref.digest is None else []
         if self._up_to_date(manifest, fetched.digest, names):
             return PullResult(ref, manifest.config.digest, fetched.digest, 0, True)
-        files = self._download(ref, manifest)
-        image = self._ingest(ref, fetched, manifest, config, files, names)
+        if self.store.marker.exists():  # let the store recover from an interrupted command
+            with self.store.locked(exclusive=True):  # before we count blobs it may remove
+                pass
+        for _ in range(INGEST_ROUNDS):
+            files = self._download(ref, manifest)
+            try:
+                image = self._ingest(ref, fetched, manifest, config, files, names)
+                break
+            except _BlobsVanished:  # a concurrent prune/rmi removed blobs we meant to reuse
+                log.info("blobs of %s vanished from the store; fetching them", ref)
+            except MountToolError:  # a broken image: its downloads are no use to a retry
+                for path in files.values():
+                    path.unlink(missing_ok=True)
+                raise
+        else:
+            raise StoreError(f"{ref.familiar}: blobs keep vanishing from the store while "
+                             "pulling (is a prune running?)")
         for path in files.values():
             path.unlink(missing_ok=True)
         return PullResult(ref, image, fetched.digest, len(files), False)
@@ -174,22 +196,31 @@ class Puller:
             raise exc
         return {futures[f].digest: f.result() for f in futures}
 
+    def _adopt(self, digest: Digest, path: Path, txn: Transaction) -> None:
+        """Put a staged download into the blob store.  The staged file stays (hard-linked)
+        until the pull succeeds, so a pull killed while unpacking loses no download even when
+        the store's recovery removes the blobs it had published."""
+        blobs = self.images.blobs
+        if digest.algorithm != "sha256":  # put_file names blobs by sha256
+            with open(path, "rb") as f:
+                blobs.put(f, txn, digest, None, f"blob {digest}")
+            return
+        link = self.store.tmp / f"pull-{digest.hex}"
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        got = blobs.put_file(link, txn)
+        if got != digest:
+            raise DigestMismatchError(f"blob {digest}: staged content changed (now {got})")
+
     def _ingest(self, ref: Reference, fetched: FetchedManifest, manifest: oci.Manifest,
                 config: bytes, files: dict[Digest, Path], names: list[str]) -> Digest:
         blobs = self.images.blobs
         with self.store.locked(exclusive=True), self.store.transaction() as txn:
+            if any(d.digest not in files and not blobs.has(d.digest) for d in manifest.layers):
+                raise _BlobsVanished()
             for digest, path in files.items():
-                if blobs.has(digest):  # a concurrent pull of the same blob stored it first
-                    path.unlink(missing_ok=True)
-                    continue
-                if digest.algorithm != "sha256":  # put_file names blobs by sha256
-                    with open(path, "rb") as f:
-                        blobs.put(f, txn, digest, None, f"blob {digest}")
-                    continue
-                got = blobs.put_file(path, txn)
-                if got != digest:
-                    raise DigestMismatchError(f"blob {digest}: staged content changed "
-                                              f"(now {got})")
+                if not blobs.has(digest):  # else a concurrent pull stored it first
+                    self._adopt(digest, path, txn)
             layers = [LayerSource(d.media_type, d.digest, d.size, partial(blobs.open, d.digest),
                                   f"layer {d.digest.short} of {ref.familiar}")
                       for d in manifest.layers]

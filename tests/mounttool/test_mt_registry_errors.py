@@ -287,3 +287,34 @@ def test_ctrl_c_stops_a_pull_at_once_and_keeps_the_partial(
         proxy.close()
     assert proc.returncode == 130 and err.decode() == "mounttool pull: interrupted\n"
     assert partial.stat().st_size > 0 and stored_files(dst) == []
+
+
+def test_a_pull_killed_while_unpacking_is_completed_by_the_next(
+        registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    many = make_tar([F(f"d{i // 100}/f{i}", b"x" * 64) for i in range(4000)])
+    img = build([many])
+    name = f"{registry.host}/unpacking/app:1"
+    write_layout(tmp_path / "lay", [(name, img)])
+    load_path(ImageStore(Store(tmp_path / "src")), tmp_path / "lay")
+    assert cli(capsys, tmp_path / "src", "push", "--insecure", name).code == 0
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen([sys.executable, "-m", "mounttool.cli_registry", "--root", str(dst),
+                             "pull", "--insecure", name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not list((dst / "tmp").glob("layer-*/diff/d1")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the pull never started unpacking"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=20)
+    if proc.returncode == -signal.SIGKILL:  # killed mid-unpack (else it won the race)
+        assert not (dst / "images.json").exists()
+        assert list((dst / "layers" / "sha256").iterdir()) == []
+    res = cli(capsys, dst, "pull", "--insecure", name)
+    assert res.code == 0, res.err
+    if proc.returncode == -signal.SIGKILL:
+        assert "Downloading" not in res.out, res.out  # the staged download was kept
+    assert f"Image ID: {img.id}" in res.out
+    assert list((dst / "tmp").iterdir()) == []
+    (layer,) = (dst / "layers" / "sha256").iterdir()
+    assert len(list((layer / "diff").rglob("f*"))) == 4000
