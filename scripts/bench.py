@@ -4,7 +4,7 @@
 As root, from the repository root:
 
     .venv/bin/python scripts/bench.py --quick           # < 2 minutes: small dataset, 3 reps
-    .venv/bin/python scripts/bench.py                   # full: ~20 minutes, 5 reps, ~4 GiB data
+    .venv/bin/python scripts/bench.py                   # full: 20-30 min, 5 reps, ~4 GiB data
     .venv/bin/python scripts/bench.py --only unionfs,fuse-overlayfs --workloads git-status,chmod
     .venv/bin/python scripts/bench.py --quick --compare bench-results/OLD.json
     .venv/bin/python scripts/bench.py --load NEW.json --compare OLD.json   # no run, compare
