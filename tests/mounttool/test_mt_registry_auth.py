@@ -75,6 +75,7 @@ def test_basic_auth_login_push_pull_logout(
 
     code, out, err = login(capsys, monkeypatch, tmp_path, registry.host, "wrong")
     assert code == 1 and f"refused the credentials for '{USER}'" in err
+    assert "wrong" not in out + err
     authfile = isolated_home / ".config" / "mounttool" / "auth.json"
     assert not authfile.exists()
 
