@@ -73,9 +73,9 @@ def test_basic_auth_login_push_pull_logout(
     assert res.code == 1 and len(res.err.splitlines()) == 1
     assert f"{registry.host} requires authentication (run 'mounttool login" in res.err
 
-    code, out, err = login(capsys, monkeypatch, tmp_path, registry.host, "wrong")
+    code, out, err = login(capsys, monkeypatch, tmp_path, registry.host, "Wr0ng-pw-77")
     assert code == 1 and f"refused the credentials for '{USER}'" in err
-    assert "wrong" not in out + err
+    assert "Wr0ng-pw-77" not in out + err
     authfile = isolated_home / ".config" / "mounttool" / "auth.json"
     assert not authfile.exists()
 
