@@ -67,7 +67,7 @@ def cmd_save(args: argparse.Namespace) -> int:
             image = images.resolve(cat, word)
             name = imageops._is_name(cat, word)
             items.append(SaveItem(images.info(cat, image), [name] if name else []))
-        save(images.blobs, items, args.format, dest, images.store.tmp, sys.stdout.buffer)
+        save(images.blobs, items, args.format, dest, sys.stdout.buffer)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Output is deterministic (sorted, mtime 0, root-owned) and atomic: a tar is written beside its
 destination and renamed into place, an OCI directory is built beside it and renamed; stdout gets
-the tar stream directly.  docker-archive layers are always uncompressed ``<diff_id>/layer.tar``
-as ``docker load`` expects; OCI layouts carry the blobs exactly as stored (same digests).
+the tar stream directly.  Every format carries the blobs exactly as stored (same digests);
+docker-archive is an OCI layout plus the ``manifest.json`` that ``docker load`` reads.
 """
 
 from __future__ import annotations
@@ -15,19 +15,17 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from mounttool import oci
 from mounttool.blobs import BlobStore
-from mounttool.digest import Digest, VerifyingReader
+from mounttool.digest import Digest
 from mounttool.errors import MountToolError
 from mounttool.fsutil import remove_tree
 from mounttool.images import ImageInfo
 from mounttool.refs import parse_reference
-from mounttool.tarstream import open_layer_stream
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
 
@@ -112,57 +110,31 @@ def write_oci(out: _TarOut | _DirOut, blobs: BlobStore, items: list[SaveItem]) -
     _add_bytes(out, "index.json", index.to_json())
 
 
-def write_docker(out: _TarOut, blobs: BlobStore, items: list[SaveItem], spool: Path) -> None:
+def write_docker(out: _TarOut, blobs: BlobStore, items: list[SaveItem]) -> None:
+    """docker-archive as current docker writes it: an OCI layout plus ``manifest.json`` (and
+    ``repositories``) pointing at its blobs, so every loader finds what it looks for.  Layers
+    stay as stored (``docker load`` and containers/image decompress them)."""
+    write_oci(out, blobs, items)
     entries: list[dict[str, object]] = []
     repos: dict[str, dict[str, str]] = {}
-    written: set[str] = set()
     for item in items:
         info = item.info
-        cfg_path = f"{info.record.id.hex}.json"
-        if cfg_path not in written:
-            written.add(cfg_path)
-            _add_blob(out, blobs, info.record.id, cfg_path)
-        layer_paths = []
-        for desc, diff_id in zip(info.manifest.layers, info.config.diff_ids, strict=True):
-            path = f"{diff_id.hex}/layer.tar"
-            layer_paths.append(path)
-            if path not in written:
-                written.add(path)
-                _add_bytes(out, f"{diff_id.hex}/VERSION", b"1.0")
-                _add_bytes(out, f"{diff_id.hex}/json", json.dumps({"id": diff_id.hex}).encode())
-                with _uncompressed(blobs, desc.digest, diff_id, spool) as (f, size):
-                    out.add(path, f, size)
+        layers = [f"blobs/{d.digest.algorithm}/{d.digest.hex}" for d in info.manifest.layers]
         tags = []
         for name in item.names:
             ref = parse_reference(name)
             tags.append(ref.familiar)
-            if layer_paths:
+            if info.config.diff_ids:
                 repos.setdefault(ref.familiar_name, {})[ref.tag or "latest"] = \
-                    layer_paths[-1].split("/")[0]
-        entries.append({"Config": cfg_path, "RepoTags": tags or None, "Layers": layer_paths})
+                    info.config.diff_ids[-1].hex
+        entries.append({"Config": f"blobs/{info.record.id.algorithm}/{info.record.id.hex}",
+                        "RepoTags": tags or None, "Layers": layers})
     _add_bytes(out, "manifest.json", json.dumps(entries).encode())
     if repos:
         _add_bytes(out, "repositories", json.dumps(repos, sort_keys=True).encode())
 
 
-@contextlib.contextmanager
-def _uncompressed(blobs: BlobStore, digest: Digest, diff_id: Digest,
-                  spool: Path) -> Iterator[tuple[BinaryIO, int]]:
-    if digest == diff_id:
-        with blobs.open(digest) as f:
-            yield f, blobs.size(digest)
-        return
-    with tempfile.TemporaryFile(dir=spool) as tmp, blobs.open(digest) as src:
-        stream, _ = open_layer_stream(src, f"layer {digest}")
-        reader = VerifyingReader(stream, diff_id, None, f"layer {digest} (uncompressed)")
-        while chunk := reader.read(1 << 20):
-            tmp.write(chunk)
-        reader.verify()
-        tmp.seek(0)
-        yield tmp, reader.size
-
-
-def save(blobs: BlobStore, items: list[SaveItem], fmt: str, dest: str, spool: Path,
+def save(blobs: BlobStore, items: list[SaveItem], fmt: str, dest: str,
          stdout: BinaryIO | None = None) -> None:
     """Write ``items`` in ``fmt`` to ``dest`` ('-' for stdout; a directory for oci-dir)."""
     if fmt == "oci-dir":
@@ -171,13 +143,13 @@ def save(blobs: BlobStore, items: list[SaveItem], fmt: str, dest: str, spool: Pa
     if dest == "-":
         if stdout is None:
             raise MountToolError("cannot write an archive to standard output here", 2)
-        _write_tar(blobs, items, fmt, stdout, spool)
+        _write_tar(blobs, items, fmt, stdout)
         return
     path = Path(dest)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_tar(blobs, items, fmt, f, spool)
+            _write_tar(blobs, items, fmt, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -188,11 +160,10 @@ def save(blobs: BlobStore, items: list[SaveItem], fmt: str, dest: str, spool: Pa
         raise
 
 
-def _write_tar(blobs: BlobStore, items: list[SaveItem], fmt: str, f: BinaryIO,
-               spool: Path) -> None:
+def _write_tar(blobs: BlobStore, items: list[SaveItem], fmt: str, f: BinaryIO) -> None:
     out = _TarOut(f)
     if fmt == "docker-archive":
-        write_docker(out, blobs, items, spool)
+        write_docker(out, blobs, items)
     else:
         write_oci(out, blobs, items)
     out.close()

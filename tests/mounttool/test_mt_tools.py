@@ -146,8 +146,7 @@ def test_mounttool_save_is_accepted_by_skopeo(corpus: tuple[Path, Path], tmp_pat
                            ("oci-dir", "oci")):
         dest = tmp_path / f"out-{fmt}"
         with images.store.locked(False):
-            save(images.blobs, [SaveItem(info, ["example.com/x:1"])], fmt, str(dest),
-                 images.store.tmp)
+            save(images.blobs, [SaveItem(info, ["example.com/x:1"])], fmt, str(dest))
         back = tmp_path / f"back-{fmt}"
         suffix = ":example.com/x:1" if transport == "docker-archive" else ":1"  # ref.name = tag
         # same transport back (a docker→OCI conversion would rewrite the config, and the id)
