@@ -115,7 +115,13 @@ class OCILayoutSource:
         if desc.media_type not in oci.MANIFEST_TYPES:
             log.info("skipping %s of media type %s", desc.digest, desc.media_type)
             return None
-        return desc, read_blob(self.fs, desc, "manifest")
+        data = read_blob(self.fs, desc, "manifest")
+        config = oci.load_json(data, f"manifest {desc.digest}").get("config")
+        cfg_type = config.get("mediaType") if isinstance(config, dict) else None
+        if cfg_type not in (oci.OCI_CONFIG, oci.DOCKER_CONFIG, None, ""):
+            log.info("skipping %s: an artifact (%s), not an image", desc.digest, cfg_type)
+            return None  # attestations, signatures, SBOMs stored beside images
+        return desc, data
 
     def image(self, desc: oci.Descriptor, data: bytes, names: list[str]) -> SourceImage:
         manifest = oci.Manifest.parse(data, f"manifest {desc.digest}")

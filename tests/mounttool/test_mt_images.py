@@ -354,3 +354,23 @@ def test_very_deep_trees(store: Store, tmp_path: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().out.count("/d") > 1100
     assert main([*root, "rmi", "deep:1"]) == 0
     assert snapshot(store.root) == before
+
+
+def test_artifacts_beside_images_are_skipped(store: Store, tmp_path: Path) -> None:
+    a = build([OTHER])
+    lay = write_layout(tmp_path / "lay", [("app:1", a)])
+    blob = b'{"predicateType": "x"}'
+    art_cfg = b"{}"
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": "application/vnd.in-toto+json",
+                                 "digest": sha(art_cfg), "size": len(art_cfg)},
+                      "layers": [{"mediaType": "application/vnd.in-toto+json",
+                                  "digest": sha(blob), "size": len(blob)}]}).encode()
+    for data in (blob, art_cfg, man):
+        (lay / "blobs/sha256" / sha(data).split(":")[1]).write_bytes(data)
+    idx = json.loads((lay / "index.json").read_text())
+    idx["manifests"].append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                             "digest": sha(man), "size": len(man)})
+    (lay / "index.json").write_text(json.dumps(idx))
+    (loaded,) = load_path(images(store), lay)
+    assert str(loaded.id) == a.id
