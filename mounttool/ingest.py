@@ -77,6 +77,7 @@ class Ingester:
                 media = _magic_media_type(f.read(4), oci_types=False)
             if media == oci.DOCKER_LAYER:
                 expected = diff_ids[i]  # ...so a layer already stored is not read again
+        log.info("storing %s", layer.what)
         with layer.open() as f:
             digest = self.blobs.put(f, self.txn, expected, layer.size, layer.what)
         self.images.layers.ensure(chains, diff_ids, i, partial(self.blobs.open, digest),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from mounttool.errors import InvalidDigestError, StoreError
 from mounttool.fsutil import disk_usage, remove_tree, syncfs
 from mounttool.store import Store, Transaction, atomic_write
 from mounttool.unpack import UnpackOptions, unpack_into
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class LayerStore:
         base = opts or UnpackOptions()
         lowers = tuple(self.diff_dir(c) for c in reversed(chains[:index]))
         opts = dataclasses.replace(base, lowers=lowers)
+        log.info("unpacking layer %d/%d (%s)", index + 1, len(chains), diff_ids[index].short)
         tmp = self.store.mkdtemp("layer-")
         try:
             self._unpack(tmp, chains, diff_ids, index, opener, opts)
