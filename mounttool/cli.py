@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return exc.code if isinstance(exc.code, int) else 2
     _setup_logging(args)
-    args.root = args.root or default_root()
+    args.root = (args.root or default_root()).absolute()  # mounts run from / once daemonized
     try:
         code: int = args.func(args)
         return code
