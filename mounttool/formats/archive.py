@@ -100,7 +100,10 @@ class TarFS:
 
     def open(self, path: str) -> BinaryIO:
         member = self._members.get(norm(path))
-        f = self._tar.extractfile(member) if member is not None else None
+        try:
+            f = self._tar.extractfile(member) if member is not None else None
+        except KeyError:  # a link to a member the archive does not have
+            raise InvalidImageError(f"{self.name}: {path} links to a missing member") from None
         if f is None:
             raise InvalidImageError(f"{self.name}: {path} is missing")
         return f  # type: ignore[return-value]

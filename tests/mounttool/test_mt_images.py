@@ -219,6 +219,10 @@ def _bad_layouts(tmp: Path) -> list[tuple[Path, str]]:
     out.append((write_docker_archive(d4, [(["a:1"], img)], skip={
         (json.loads(Path(d4).read_bytes()[0:0] or b"0") and "") or
         f"{sha(BASE).split(':')[1][:16]}0/layer.tar"}), "missing from the archive"))
+    layer0 = f"{sha(BASE).split(':')[1][:16]}0/layer.tar"
+    out.append((write_docker_archive(tmp / "d5.tar", [(["a:1"], img)],
+                                     links={layer0: "../../../etc/passwd"}),
+                "links to a missing member"))
     (tmp / "gz.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 40)
     out.append((tmp / "gz.tar.gz", "corrupt or truncated"))
     return out
