@@ -29,17 +29,18 @@ class DirHandle:
     entries: list[tuple[bytes, Resolved]]
     changes: int
     """The tree's change count when the listing was taken."""
+    fresh: bool
+    """The listing was read at opendir, so its stat results are current."""
 
 
 @dataclass(frozen=True, slots=True)
 class DirEntry:
-    """One readdir answer: offset, name, node, its stat if already known, and whether the
-    kernel counts it as a lookup (every entry but ``.`` and ``..``)."""
+    """One readdir answer: offset, name, node, and whether the kernel counts it as a lookup
+    (every entry but ``.`` and ``..``)."""
 
     offset: int
     name: bytes
     node: Node
-    st: os.stat_result | None
     counted: bool
 
 
@@ -66,7 +67,8 @@ class UnionFS:
     def opendir(self, node: Node) -> int:
         dh = self._next_dh
         self._next_dh += 1
-        self.dirs[dh] = DirHandle(node, self.tree.list_dir(node), self.tree.changes)
+        entries, fresh = self.tree.list_dir(node)
+        self.dirs[dh] = DirHandle(node, entries, self.tree.changes, fresh)
         return dh
 
     def readdir(self, dh: int, start: int) -> Iterator[DirEntry]:
@@ -76,9 +78,9 @@ class UnionFS:
         tree = self.tree
         parent = handle.node
         if start == 0:
-            yield DirEntry(0, b".", parent, None, False)
+            yield DirEntry(0, b".", parent, False)
         if start <= 1:
-            yield DirEntry(1, b"..", parent.parent or tree.root, None, False)
+            yield DirEntry(1, b"..", parent.parent or tree.root, False)
         stale = handle.changes != tree.changes
         for offset in range(max(start, 2), len(handle.entries) + 2):
             name, found = handle.entries[offset - 2]
@@ -88,8 +90,10 @@ class UnionFS:
                     continue
                 found = again
             node = tree.node_for(parent, name, found)
-            st = found.st if node.layer == found.layer and node.fd is None else None
-            yield DirEntry(offset, name, node, st, True)
+            if node.st is None and (handle.fresh or stale) and node.layer == found.layer \
+                    and node.fd is None:
+                node.st = found.st  # read just now: as good as a stat
+            yield DirEntry(offset, name, node, True)
 
     def dir_handle(self, dh: int) -> DirHandle:
         try:

@@ -105,8 +105,10 @@ class Files:
             self.tree.make_data_writable(node, with_data=not flags & os.O_TRUNC)
         fd = self._open_real(node, flags)
         handle = Handle(fd, node, flags, node.data_gen, kill_priv=caller.uid != 0)
-        if flags & os.O_TRUNC and handle.kill_priv:
-            _kill_setid(fd)
+        if flags & os.O_TRUNC:
+            self.tree.changed(node)
+            if handle.kill_priv:
+                _kill_setid(fd)
         return self._add(handle)
 
     def adopt(self, node: Node, fd: int, flags: int, caller: Caller) -> int:
@@ -129,6 +131,7 @@ class Files:
         if handle.kill_priv and not handle.written:
             _kill_setid(handle.fd)
         handle.written = True
+        handle.node.st = None
         return os.pwrite(handle.fd, data, offset)
 
     def fsync(self, fh: int, datasync: bool) -> None:
@@ -153,6 +156,7 @@ class Files:
         tree = self.tree
         handle = self.handles.get(fh) if fh is not None else None
         tree.make_data_writable(node, with_data=change.size != 0)
+        tree.changed(node)
         target, follow = tree.locate(node)
         is_link = stat.S_ISLNK(tree.stat(node).st_mode)
         if change.uid is not None or change.gid is not None:
@@ -164,6 +168,7 @@ class Files:
             self._truncate(target, change.size, handle, caller)
         if change.atime_ns is not None or change.mtime_ns is not None:
             self._utime(node, target, change, follow)
+        tree.changed(node)
         return tree.attr(node)
 
     def _truncate(self, target: bytes, size: int, handle: Handle | None, caller: Caller) -> None:

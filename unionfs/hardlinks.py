@@ -54,6 +54,11 @@ class HardlinkIndex:
         return os.open(self.entries[key].name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
                        dir_fd=self._dir())
 
+    def link_to(self, key: Key, dst_fd: int, rel: bytes) -> None:
+        """Give the indexed file the name ``rel`` below ``dst_fd`` too (a link-up)."""
+        os.link(self.entries[key].name, rel, src_dir_fd=self._dir(), dst_dir_fd=dst_fd,
+                follow_symlinks=False)
+
     def nlink(self, key: Key) -> int | None:
         entry = self.entries.get(key)
         return None if entry is None else entry.nlink

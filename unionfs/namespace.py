@@ -72,7 +72,7 @@ class Namespace:
         except BaseException:
             copier.discard(tmp)
             raise
-        tree.changes += 1
+        tree.dir_changed(parent)
         st = upper.lstat(rel)
         assert st is not None
         node = tree.table.new_node(key_of(st), parent, name, 0, (0,) if is_dir else (), is_dir)
@@ -163,7 +163,8 @@ class Namespace:
         else:
             self._link_into(src, node, ufd, rel)
         tree.count_link(node, +1)
-        tree.changes += 1
+        tree.dir_changed(parent)
+        tree.changed(node)
         if node.parent is None:
             node.parent, node.name = parent, name
         else:
@@ -228,7 +229,8 @@ class Namespace:
         rel = join(prel, name)
         needs_whiteout = tree.stack.lower_positive(parent.dir_layers, prel, name)
         tree.detach(node, parent, name, found.layer)
-        tree.changes += 1
+        tree.dir_changed(parent)
+        tree.changed(node)
         if tree.stack.is_upper(found.layer):
             if found.is_dir:
                 self._clear_whiteouts(rel)
@@ -317,6 +319,7 @@ class Namespace:
         nprel = tree.upper_dir(new_parent)
         self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent, new_parent)
         src_node.move_link(old_parent, old_name, new_parent, new_name)
+        tree.changed(src_node)
 
     def _movable(self, found: Resolved) -> bool:
         """Directories that draw from a lower layer stay where they are (no redirect_dir)."""
@@ -342,7 +345,10 @@ class Namespace:
                     ufd, path, tree.fmt):
                 whiteout.set_opaque(ufd, path, tree.fmt)
         renameat2(ufd, old, ufd, new, RENAME_EXCHANGE)
-        tree.changes += 1
+        for node in (old_parent, new_parent):
+            tree.dir_changed(node)
+        for node in (src_node, dst_node):
+            tree.changed(node)
         src_node.move_link(old_parent, old_name, new_parent, new_name)
         dst_node.move_link(new_parent, new_name, old_parent, old_name)
 
@@ -354,8 +360,10 @@ class Namespace:
         old, new = join(oprel, old_name), join(nprel, new_name)
         needs_whiteout = tree.stack.lower_positive(old_parent.dir_layers, oprel, old_name)
         dst_is_whiteout = dst is None and self._has_whiteout(nprel, new_name)
-        tree.changes += 1
+        tree.dir_changed(old_parent)
+        tree.dir_changed(new_parent)
         if dst is not None and dst_node is not None:
+            tree.changed(dst_node)
             tree.detach(dst_node, new_parent, new_name, dst.layer)
             if dst.is_dir and tree.stack.is_upper(dst.layer):
                 self._clear_whiteouts(new)

@@ -12,7 +12,12 @@ everything below it in O(1).  The table frees a node when the kernel forgets its
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unionfs.merge import Resolved
 
 ROOT_INO = 1
 _SYNTHETIC_BASE = 1 << 62
@@ -25,7 +30,7 @@ class Node:
     """One inode of the merged view."""
 
     __slots__ = ("aliases", "data_gen", "dir_layers", "fd", "ino", "is_dir", "keys", "layer",
-                 "lookups", "name", "opens", "origin", "parent")
+                 "listing", "lookups", "name", "opens", "origin", "parent", "st")
 
     def __init__(self, ino: int, parent: Node | None, name: bytes, layer: int,
                  dir_layers: tuple[int, ...], is_dir: bool) -> None:
@@ -48,6 +53,11 @@ class Node:
         """Bumped on copy-up, so handles opened on the lower copy can reopen the upper one."""
         self.origin: Key | None = None
         """For a lower hardlink: the lower identity its links share (the index key)."""
+        self.st: os.stat_result | None = None
+        """Cached lstat of the data; dropped by every change made through the mount (lower
+        layers never change, the upper only changes through us)."""
+        self.listing: list[tuple[bytes, Resolved]] | None = None
+        """Cached merged listing of a directory; dropped when its entries change."""
 
     def __repr__(self) -> str:
         return f"Node(ino={self.ino}, path={self.path()!r}, layer={self.layer})"

@@ -227,7 +227,7 @@ class Operations(pyfuse3.Operations):
                       token: pyfuse3.ReaddirToken) -> None:
         with fuse_errors("readdir"):
             for entry in self.fs.readdir(fh, start_id):
-                attrs = self._entry(entry.node, entry.st)
+                attrs = self._entry(entry.node)
                 if not pyfuse3.readdir_reply(token, entry.name, attrs, entry.offset + 1):
                     if entry.counted and entry.node.lookups == 0:
                         self.fs.forget(entry.node.ino, 0)

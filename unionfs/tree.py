@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from unionfs.copyup import Copier, WorkDir
 from unionfs.hardlinks import HardlinkIndex
-from unionfs.layers import Layer, join
+from unionfs.layers import Layer, at, join
 from unionfs.merge import LayerStack, Resolved
 from unionfs.nodes import InodeTable, InoPolicy, Key, Node
 from unionfs.spec import MountSpec
@@ -141,7 +141,6 @@ class Tree:
                 # Two places show one directory (a bind mount inside a layer): two inodes.
                 return self.table.new_node(key, parent, name, found.layer, found.dir_layers,
                                            True)
-            node.layer, node.dir_layers = found.layer, found.dir_layers
         elif node.parent is None:
             node.parent, node.name = parent, name
             if node.fd is None and node.origin is not None and self.index is not None \
@@ -149,7 +148,7 @@ class Tree:
                 node.fd = self.index.open(node.origin)
         elif node.parent is not parent or node.name != name:
             node.add_alias(parent, name)
-            if node.fd is None and not self.is_upper(node):
+            if (node.fd is None and not self.is_upper(node)) or self.indexed(node):
                 # Not copied up yet: a later copy-up goes under the name used last, which
                 # is the name the kernel acts on whenever it looked the name up first.
                 node.make_primary(parent, name)
@@ -172,10 +171,24 @@ class Tree:
     def stat(self, node: Node) -> os.stat_result:
         if node.fd is not None:
             return os.fstat(node.fd)
-        st = self.layers[node.layer].lstat(node.path())
+        st = node.st
         if st is None:
-            raise oserror(errno.ENOENT, node.path())
+            st = self.layers[node.layer].lstat(node.path())
+            if st is None:
+                raise oserror(errno.ENOENT, node.path())
+            node.st = st
         return st
+
+    @staticmethod
+    def changed(node: Node) -> None:
+        """``node``'s attributes changed: forget the cached stat."""
+        node.st = None
+
+    def dir_changed(self, node: Node) -> None:
+        """Entries of directory ``node`` changed (and so did its times)."""
+        node.st = None
+        node.listing = None
+        self.changes += 1
 
     def attr(self, node: Node, st: os.stat_result | None = None) -> Attr:
         if st is None:
@@ -201,22 +214,47 @@ class Tree:
             return os.readlink(b"", dir_fd=node.fd)
         return self.layers[node.layer].readlink(node.path())
 
-    def list_dir(self, node: Node) -> list[tuple[bytes, Resolved]]:
-        """A snapshot of the merged listing of directory ``node``."""
+    def list_dir(self, node: Node) -> tuple[list[tuple[bytes, Resolved]], bool]:
+        """The merged listing of directory ``node`` (shared: never modify it) and whether it
+        was read just now (its stat results are fresh) rather than taken from the cache."""
         if not node.is_dir:
             raise oserror(errno.ENOTDIR)
-        return list(self.stack.list_dir(node.dir_layers, node.path()).items())
+        if node.listing is not None:
+            return node.listing, False
+        node.listing = list(self.stack.list_dir(node.dir_layers, node.path()).items())
+        return node.listing, True
 
     def statvfs(self) -> os.statvfs_result:
         return os.statvfs(self.layers[0].fd)
 
     # -- copy-up ------------------------------------------------------------------------------
 
+    def indexed(self, node: Node) -> bool:
+        """A lower hardlink whose data lives in the hardlink index (reached through node.fd)."""
+        return node.origin is not None and self.index is not None and node.origin in self.index
+
     def copy_up_as(self, node: Node, parent: Node, name: bytes) -> None:
-        """Copy ``node`` up under the name (parent, name) an operation reached it by."""
+        """Copy ``node`` up under the name (parent, name) an operation reached it by; for an
+        indexed hardlink, give the upper layer that name too (the kernel's link-up)."""
         if node.fd is None and not self.is_upper(node):
             node.make_primary(parent, name)
+        elif self.indexed(node):
+            node.make_primary(parent, name)
+            self.link_up(node)
+            return
         self.copy_up(node)
+
+    def link_up(self, node: Node) -> None:
+        """Make the upper layer hold the primary name of an indexed hardlink."""
+        assert self.index is not None and node.origin is not None and node.parent is not None
+        prel = self.upper_dir(node.parent)
+        rel = join(prel, node.name)
+        if self.upper.lstat(rel) is not None:
+            return
+        times = self.stat(node.parent) if prel else os.stat(self.upper.fd)
+        self.index.link_to(node.origin, self.upper.fd, rel)
+        os.utime(at(prel), ns=(times.st_atime_ns, times.st_mtime_ns), dir_fd=self.upper.fd)
+        node.parent.listing = None
 
     def copy_up(self, node: Node, with_data: bool = True) -> None:
         """Make the upper layer hold ``node`` (and its parents); no-op if it already does."""
@@ -231,12 +269,15 @@ class Tree:
         lower_st = src.lstat(rel)
         st = copier.copy(src, rel, with_data)
         log.debug("copied up %r from layer %d", rel, node.layer)
+        node.st = None
+        node.parent.listing = None
         if node.is_dir:
             node.dir_layers = (0, *node.dir_layers)
             self.stale.add(node.ino)
         elif node.origin is not None and lower_st is not None and self.index is not None:
             self.index.add(node.origin, self.upper.fd, rel, lower_st.st_nlink)
             self.table.origin_of[key_of(st)] = node.origin
+            node.fd = self.index.open(node.origin)  # its names may change; its data stays
         node.layer = 0
         node.data_gen += 1
         self.table.add_key(node, key_of(st))
@@ -257,6 +298,7 @@ class Tree:
             node.fd = self.index.open(node.origin)
         node.layer = 0
         node.data_gen += 1
+        self.dir_changed(parent)
 
     def make_data_writable(self, node: Node, with_data: bool = True) -> None:
         """Before a change to ``node``'s data or metadata: its data must be upper data.
@@ -268,6 +310,9 @@ class Tree:
         copier = self.require_writable()
         if node.fd is None:
             self.copy_up(node, with_data)
+        elif self.indexed(node):
+            if node.parent is not None:
+                self.link_up(node)
         elif not self.is_upper(node):
             node.fd = copier.copy_anonymous(node.fd)
             node.layer = 0

@@ -53,6 +53,7 @@ class Xattrs:
         self.tree.make_data_writable(node)
         path, follow = self.tree.locate(node)
         os.setxattr(path, self.real_name(name), value, follow_symlinks=follow)
+        self.tree.changed(node)
 
     def remove(self, node: Node, name: bytes) -> None:
         tree = self.tree
@@ -62,6 +63,7 @@ class Xattrs:
             self.get(node, name)  # ENODATA here leaves the lower file where it is
         tree.make_data_writable(node)
         path, follow = tree.locate(node)
+        self.tree.changed(node)
         try:
             os.removexattr(path, real, follow_symlinks=follow)
         except OSError as exc:

@@ -49,7 +49,7 @@ class Union:
         return self.node(head), name.encode()
 
     def listing(self, path: str = "") -> list[str]:
-        return sorted(n.decode() for n, _ in self.tree.list_dir(self.node(path)))
+        return sorted(n.decode() for n, _ in self.tree.list_dir(self.node(path))[0])
 
     def read(self, path: str) -> bytes:
         fh = self.fs.files.open(self.node(path), os.O_RDONLY, ROOT)

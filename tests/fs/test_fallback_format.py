@@ -36,7 +36,7 @@ def names(fs: UnionFS, path: bytes = b"") -> list[bytes]:
     node = fs.tree.root
     for part in filter(None, path.split(b"/")):
         node = fs.tree.lookup(node, part)
-    return sorted(n for n, _ in fs.tree.list_dir(node))
+    return sorted(n for n, _ in fs.tree.list_dir(node)[0])
 
 
 def test_markers_hide_and_are_never_listed(union) -> None:  # type: ignore[no-untyped-def]
