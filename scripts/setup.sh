@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PACKAGES="fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr util-linux fuse-overlayfs"
+# fuse3/libfuse3-dev/pkg-config/gcc/python3-dev build and run pyfuse3; fuse-overlayfs is the peer
+# in benchmarks; git and attr are used by tests and benchmarks; docker-registry (the CNCF
+# distribution server), skopeo, apache2-utils (htpasswd) and openssl serve the registry tests.
+PACKAGES="fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr util-linux git
+  fuse-overlayfs docker-registry skopeo apache2-utils openssl"
 missing=""
 for pkg in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
@@ -17,6 +21,10 @@ if [ -n "$missing" ]; then
   echo "setup: installing system packages:$missing"
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  # Debian starts a registry service on :5000 when systemd runs; the tests start their own.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 
 PYTHON="${PYTHON:-python3}"
