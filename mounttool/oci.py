@@ -56,6 +56,23 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
+def _dict(value: Any, what: str) -> dict[str, str]:
+    """An optional string map (annotations, labels); anything else is malformed."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidImageError(f"{what}: must be an object of strings")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidImageError(f"{what}: must be a list")
+    return value
+
+
 def _get(obj: JSON, key: str, kind: type, what: str, default: Any = None) -> Any:
     value = obj.get(key, default)
     if value is None and default is None:
@@ -121,17 +138,15 @@ class Descriptor:
         size = obj.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidImageError(f"{what}: descriptor size must be a non-negative integer")
-        annotations = obj.get("annotations") or {}
-        if not isinstance(annotations, dict):
-            raise InvalidImageError(f"{what}: annotations must be an object")
+        annotations = _dict(obj.get("annotations"), f"{what} annotations")
         plat = obj.get("platform")
         return cls(
             media_type=str(obj.get("mediaType", "")),
             digest=_digest(obj.get("digest"), what),
             size=size,
-            annotations={str(k): str(v) for k, v in annotations.items()},
+            annotations=annotations,
             platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
-            urls=tuple(str(u) for u in obj.get("urls") or ()),
+            urls=tuple(str(u) for u in _list(obj.get("urls"), f"{what} urls")),
         )
 
     def to_json(self) -> JSON:
@@ -168,7 +183,7 @@ class Manifest:
             if layer.media_type not in LAYER_TYPES:
                 raise InvalidImageError(f"{what} layer {i}: unsupported media type "
                                         f"{layer.media_type!r}")
-        return cls(media_type, config, layers, dict(obj.get("annotations") or {}))
+        return cls(media_type, config, layers, _dict(obj.get("annotations"), f"{what} annotations"))
 
     def to_json(self) -> bytes:
         obj: JSON = {"schemaVersion": 2, "mediaType": self.media_type,
@@ -194,7 +209,7 @@ class Index:
             raise InvalidImageError(f"{what}: not an image index ({media_type})")
         raw = _get(obj, "manifests", list, what)
         descs = tuple(Descriptor.from_json(d, f"{what} entry {i}") for i, d in enumerate(raw))
-        return cls(media_type, descs, dict(obj.get("annotations") or {}))
+        return cls(media_type, descs, _dict(obj.get("annotations"), f"{what} annotations"))
 
     def to_json(self) -> bytes:
         obj: JSON = {"schemaVersion": 2, "mediaType": self.media_type,
@@ -255,13 +270,14 @@ class ImageConfig:
 
     @property
     def labels(self) -> dict[str, str]:
-        cfg = self.raw.get("config") or {}
+        cfg = self.raw.get("config")
         labels = cfg.get("Labels") if isinstance(cfg, dict) else None
-        return {str(k): str(v) for k, v in (labels or {}).items()}
+        return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
     def history(self) -> list[HistoryEntry]:
+        raw = self.raw.get("history")
         out = []
-        for h in self.raw.get("history") or []:
+        for h in raw if isinstance(raw, list) else []:
             if isinstance(h, dict):
                 out.append(HistoryEntry(str(h.get("created") or ""), str(h.get("created_by") or ""),
                                         str(h.get("comment") or ""), bool(h.get("empty_layer"))))

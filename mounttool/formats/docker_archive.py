@@ -74,7 +74,10 @@ class DockerArchiveSource:
         config = read_small(self.fs, norm(cfg_path))
         cfg_digest = Digest.of_bytes(config)
         names = []
-        for tag in entry.get("RepoTags") or []:
+        tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list):
+            raise InvalidImageError(f"{what}: RepoTags must be a list")
+        for tag in tags:
             try:
                 names.append(str(parse_tagged(str(tag))))
             except InvalidReferenceError as exc:

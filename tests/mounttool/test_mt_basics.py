@@ -155,3 +155,50 @@ def test_config_parse() -> None:
     assert c.labels == {"a": "b"} and c.history()[0].empty_layer
     with pytest.raises(InvalidImageError, match="rootfs"):
         oci.ImageConfig.parse(b'{"architecture": "amd64"}')
+
+
+def _paths(obj: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _replaced(obj: object, path: tuple[object, ...], value: object) -> object:
+    import copy
+    new = copy.deepcopy(obj)
+    node = new
+    for key in path[:-1]:
+        node = node[key]  # type: ignore[index]
+    node[path[-1]] = value  # type: ignore[index]
+    return new
+
+
+def test_malformed_json_fields_give_clear_errors() -> None:
+    """Every field of a manifest, an index and a config, replaced by every JSON type."""
+    d = _desc(oci.OCI_LAYER_GZIP, b"x", annotations={"a": "b"}, urls=["u"],
+              platform={"os": "linux", "architecture": "amd64"})
+    docs = [
+        (oci.Manifest.parse, {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                              "config": _desc(oci.OCI_CONFIG, b"{}"), "layers": [d],
+                              "annotations": {"k": "v"}}),
+        (oci.Index.parse, {"schemaVersion": 2, "manifests": [d], "annotations": {"k": "v"}}),
+        (oci.ImageConfig.parse, {"architecture": "amd64", "os": "linux",
+                                 "config": {"Labels": {"a": "b"}, "Env": ["A=1"]},
+                                 "rootfs": {"type": "layers", "diff_ids": [str(Digest.of_bytes(
+                                     b"x"))]}, "history": [{"created_by": "x"}]}),
+    ]
+    for parse, doc in docs:
+        for path in _paths(doc):
+            for value in (None, 1, -1, "x", [], {}, True, [1], {"a": 1}):
+                data = json.dumps(_replaced(doc, path, value)).encode()
+                try:
+                    parsed = parse(data)
+                except InvalidImageError:
+                    continue
+                if isinstance(parsed, oci.ImageConfig):
+                    parsed.labels, parsed.history(), parsed.platform, parsed.created
