@@ -22,6 +22,7 @@ import os
 import stat
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -395,6 +396,24 @@ class _Unpacker:
             os.close(fd)
 
 
+_DATA_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ERANGE, errno.ENOENT,
+                          errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EMLINK,
+                          errno.EOVERFLOW, errno.E2BIG})
+
+
+@contextlib.contextmanager
+def _entry_errors(name: str) -> Iterator[None]:
+    """What a malformed entry makes the OS refuse becomes a CorruptLayerError naming it."""
+    try:
+        yield
+    except (OverflowError, ValueError) as exc:
+        raise CorruptLayerError(f"layer entry {name!r}: invalid value ({exc})") from None
+    except OSError as exc:
+        if exc.errno not in _DATA_ERRNOS:
+            raise  # the machine's problem (no space, I/O error...), not the layer's
+        raise CorruptLayerError(f"layer entry {name!r}: {exc.strerror}") from None
+
+
 def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
                 opts: UnpackOptions | None = None, what: str = "layer") -> UnpackResult:
     """Apply a layer blob (plain, gzip or zstd tar) to the empty directory ``dest``.
@@ -414,9 +433,11 @@ def unpack_into(src: BinaryIO, dest: Path, expected: Digest | None = None,
         unpacker = _Unpacker(root_fd, parent_fd, os.fsencode(dest.name), opts)
         unpacker._implicit_dir(root_fd, ())
         for ti, tar in iter_members(tracker, what):
-            unpacker.apply(ti, tar)
+            with _entry_errors(ti.name):
+                unpacker.apply(ti, tar)
         diff_id = verifier.verify()
-        unpacker.finish()
+        with _entry_errors("(directory attributes and whiteouts)"):
+            unpacker.finish()
     finally:
         if unpacker is not None:
             unpacker.forget()

@@ -333,3 +333,38 @@ def test_rmtree_at_any_shape(tmp_path: Path) -> None:
     remove_tree(top)
     assert not top.exists() and Path("/etc/passwd").exists()
     remove_tree(top)  # missing: fine
+
+
+def test_fuzzed_entries_give_only_clear_errors(tmp_path: Path) -> None:
+    """Random names, types, links, ids, times, devices and PAX records: never a traceback."""
+    import random
+    rng = random.Random(7)
+    names = ["a", "a/b", "../x", "/abs", "a/../../y", ".wh.a", "a/.wh..wh..opq", "l", "l/in",
+             ".", "./", "dev/n", "x" * 300, "a//b", "\udcff\udcfe", "a/.wh.", "h", ""]
+    kinds = [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+             tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE, b"V"]
+    pax = ["mtime", "atime", "uid", "SCHILY.xattr.user.q", "SCHILY.xattr.",
+           "SCHILY.xattr.trusted.overlay.opaque"]
+    values = ["abc", "-1", "1e400", "99999999999999999999", "", "0.5", "\udcff"]
+    outcomes: set[str] = set()
+    for i in range(250):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                          encoding="utf-8", errors="surrogateescape") as tar:
+            for _ in range(rng.randint(1, 5)):
+                ti = tarfile.TarInfo(rng.choice(names))
+                ti.type, ti.linkname = rng.choice(kinds), rng.choice(names)
+                ti.mode = rng.choice([0o644, 0o7777, 0])
+                ti.uid, ti.mtime = rng.choice([0, 2**21 - 1]), rng.choice([0, 2**40, 1.5])
+                ti.devmajor, ti.devminor = rng.choice([(1, 3), (2**20, 5)])
+                if rng.random() < 0.4:
+                    ti.pax_headers = {rng.choice(pax): rng.choice(values)}
+                tar.addfile(ti, io.BytesIO(b"") if ti.isreg() else None)
+        dest = tmp_path / str(i)
+        dest.mkdir()
+        try:
+            unpack_into(io.BytesIO(buf.getvalue()), dest)
+            outcomes.add("ok")
+        except (CorruptLayerError, UnsafeLayerError) as exc:
+            outcomes.add(type(exc).__name__)
+    assert outcomes == {"ok", "CorruptLayerError", "UnsafeLayerError"}
