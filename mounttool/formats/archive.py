@@ -14,7 +14,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol
 
 from mounttool.errors import CorruptLayerError, InvalidImageError, MountToolError
 from mounttool.tarstream import open_layer_stream
@@ -106,7 +106,7 @@ class TarFS:
             raise InvalidImageError(f"{self.name}: {path} links to a missing member") from None
         if f is None:
             raise InvalidImageError(f"{self.name}: {path} is missing")
-        return f  # type: ignore[return-value]
+        return _Member(f, f"{self.name}: {path}")  # type: ignore[return-value]
 
     def size(self, path: str) -> int:
         member = self._members[norm(path)]
@@ -120,6 +120,28 @@ class TarFS:
 
     def close(self) -> None:
         self._tar.close()
+
+
+class _Member:
+    """A member being read; a truncated archive is an InvalidImageError, not a tarfile error."""
+
+    def __init__(self, raw: IO[bytes], what: str) -> None:
+        self._raw, self._what = raw, what
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._raw.read(size)
+        except (tarfile.TarError, EOFError) as exc:
+            raise InvalidImageError(f"{self._what}: truncated archive ({exc})") from None
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _Member:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def spool(src: BinaryIO, spool_dir: Path, display: str) -> Path:

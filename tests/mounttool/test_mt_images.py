@@ -378,3 +378,22 @@ def test_artifacts_beside_images_are_skipped(store: Store, tmp_path: Path) -> No
     (lay / "index.json").write_text(json.dumps(idx))
     (loaded,) = load_path(images(store), lay)
     assert str(loaded.id) == a.id
+
+
+def test_archive_truncated_inside_its_last_member(store: Store, tmp_path: Path) -> None:
+    import io
+    import tarfile
+    big = make_tar([F("big", bytes(range(256)) * 4000)])
+    img = build([big], "")
+    lay = write_layout(tmp_path / "lay", [("app:1", img)])
+    layer = lay / "blobs/sha256" / json.loads(img.manifest)["layers"][0]["digest"][7:]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(lay.rglob("*"), key=lambda p: p == layer):  # the big layer last
+            tar.add(p, arcname=str(p.relative_to(lay)), recursive=False)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(buf.getvalue()[:len(buf.getvalue()) - 600_000])
+    before = snapshot(store.root)
+    with pytest.raises(MountToolError, match=r"truncated|unexpected end of data"):
+        load_path(images(store), cut)
+    assert snapshot(store.root) == before
