@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
+from types import TracebackType
+from typing import Literal
 
 import pyfuse3
 
@@ -19,22 +21,37 @@ from unionfs.attrs import entry_attributes, negative_entry
 from unionfs.core import UnionFS
 from unionfs.files import AttrChange
 from unionfs.nodes import Node
-from unionfs.tree import Caller
+from unionfs.tree import Caller, Tree
 
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def fuse_errors(op: str) -> Iterator[None]:
-    try:
-        yield
-    except pyfuse3.FUSEError:
-        raise
-    except OSError as exc:
-        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-    except Exception:
-        log.exception("unexpected error in %s", op)
-        raise pyfuse3.FUSEError(errno.EIO) from None
+class Guard:
+    """Wraps one kind of request: ``OSError`` becomes its errno, any other exception is a bug
+    (logged with its traceback, answered EIO), and inodes whose attributes changed behind the
+    kernel's back are invalidated afterwards.  One instance per request kind, reused."""
+
+    __slots__ = ("op", "tree")
+
+    def __init__(self, op: str, tree: Tree) -> None:
+        self.op = op
+        self.tree = tree
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        if self.tree.stale:
+            invalidate_attrs(self.tree.stale)
+        if exc is None or isinstance(exc, pyfuse3.FUSEError):
+            return False
+        if isinstance(exc, OSError):
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        if isinstance(exc, Exception):
+            log.error("unexpected error in %s", self.op, exc_info=exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        return False
 
 
 def invalidate_attrs(inodes: set[int]) -> None:
@@ -43,6 +60,12 @@ def invalidate_attrs(inodes: set[int]) -> None:
         ino = inodes.pop()
         with suppress(OSError):  # the kernel does not know the inode (any more)
             pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=True)
+
+
+_GUARDED = ("create", "forget", "fsync", "getattr", "getxattr", "link", "listxattr", "lookup",
+            "mkdir", "mknod", "open", "opendir", "read", "readdir", "readlink", "release",
+            "removexattr", "rename", "rmdir", "setattr", "setxattr", "statfs", "symlink",
+            "unlink", "write")
 
 
 def caller(ctx: pyfuse3.RequestContext) -> Caller:
@@ -62,15 +85,7 @@ class Operations(pyfuse3.Operations):
         self.tree = fs.tree
         self.timeout = fs.spec.timeout
         self.enable_writeback_cache = fs.spec.writeback
-
-    @contextmanager
-    def _invalidating(self) -> Iterator[None]:
-        """After a request that may copy up: refresh what the kernel cached of changed inodes."""
-        try:
-            yield
-        finally:
-            if self.tree.stale:
-                invalidate_attrs(self.tree.stale)
+        self.guard = {op: Guard(op, self.tree) for op in _GUARDED}
 
     def _entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.tree.attr(node, st), self.timeout)
@@ -83,7 +98,7 @@ class Operations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("lookup"):
+        with self.guard["lookup"]:
             parent = self.fs.node(parent_inode)
             try:
                 node = self.tree.lookup(parent, name)
@@ -92,19 +107,19 @@ class Operations(pyfuse3.Operations):
             return self._new_entry(node)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
-        with fuse_errors("forget"):
+        with self.guard["forget"]:
             for ino, count in inode_list:
                 self.fs.forget(ino, count)
 
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("getattr"):
+        with self.guard["getattr"]:
             return self._entry(self.fs.node(inode))
 
     async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("setattr"), self._invalidating():
+        with self.guard["setattr"]:
             change = AttrChange(
                 mode=attr.st_mode if fields.update_mode else None,
                 uid=attr.st_uid if fields.update_uid else None,
@@ -117,7 +132,7 @@ class Operations(pyfuse3.Operations):
             return entry_attributes(result, self.timeout)
 
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
-        with fuse_errors("readlink"):
+        with self.guard["readlink"]:
             return self.tree.readlink(self.fs.node(inode))
 
     async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT,
@@ -125,7 +140,7 @@ class Operations(pyfuse3.Operations):
         return True  # default_permissions: the kernel checks the attributes we report
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        with fuse_errors("statfs"):
+        with self.guard["statfs"]:
             sv = self.tree.statvfs()
             data = pyfuse3.StatvfsData()
             for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
@@ -138,46 +153,46 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: pyfuse3.ModeT, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("mknod"), self._invalidating():
+        with self.guard["mknod"]:
             node = self.fs.names.mknod(self.fs.node(parent_inode), name, mode, rdev, caller(ctx))
             return self._new_entry(node)
 
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: pyfuse3.ModeT,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("mkdir"), self._invalidating():
+        with self.guard["mkdir"]:
             node = self.fs.names.mkdir(self.fs.node(parent_inode), name, mode, caller(ctx))
             return self._new_entry(node)
 
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                       target: pyfuse3.FileNameT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("symlink"), self._invalidating():
+        with self.guard["symlink"]:
             node = self.fs.names.symlink(self.fs.node(parent_inode), name, target, caller(ctx))
             return self._new_entry(node)
 
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
                    new_name: pyfuse3.FileNameT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        with fuse_errors("link"), self._invalidating():
+        with self.guard["link"]:
             node = self.fs.names.link(self.fs.node(inode), self.fs.node(new_parent_inode),
                                       new_name)
             return self._new_entry(node)
 
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("unlink"), self._invalidating():
+        with self.guard["unlink"]:
             self.fs.names.unlink(self.fs.node(parent_inode), name)
 
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("rmdir"), self._invalidating():
+        with self.guard["rmdir"]:
             self.fs.names.rmdir(self.fs.node(parent_inode), name)
 
     async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
                      parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
                      flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("rename"), self._invalidating():
+        with self.guard["rename"]:
             self.fs.names.rename(self.fs.node(parent_inode_old), name_old,
                                  self.fs.node(parent_inode_new), name_new, flags)
 
@@ -187,7 +202,7 @@ class Operations(pyfuse3.Operations):
                      mode: pyfuse3.ModeT, flags: pyfuse3.FlagT,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        with fuse_errors("create"), self._invalidating():
+        with self.guard["create"]:
             who = caller(ctx)
             node, fd = self.fs.names.create(self.fs.node(parent_inode), name, mode,
                                             self.fs.files.real_flags(flags), who)
@@ -196,36 +211,36 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        with fuse_errors("open"), self._invalidating():
+        with self.guard["open"]:
             fh = self.fs.files.open(self.fs.node(inode), flags, caller(ctx))
             return pyfuse3.FileInfo(fh=fh)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        with fuse_errors("read"):
+        with self.guard["read"]:
             return self.fs.files.read(fh, off, size)
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        with fuse_errors("write"):
+        with self.guard["write"]:
             return self.fs.files.write(fh, off, buf)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        with fuse_errors("release"):
+        with self.guard["release"]:
             self.fs.files.release(fh)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        with fuse_errors("fsync"):
+        with self.guard["fsync"]:
             self.fs.files.fsync(fh, datasync)
 
     # -- directories --------------------------------------------------------------------------
 
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
-        with fuse_errors("opendir"):
+        with self.guard["opendir"]:
             return pyfuse3.FileHandleT(self.fs.opendir(self.fs.node(inode)))
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
-        with fuse_errors("readdir"):
+        with self.guard["readdir"]:
             for entry in self.fs.readdir(fh, start_id):
                 attrs = self._entry(entry.node)
                 if not pyfuse3.readdir_reply(token, entry.name, attrs, entry.offset + 1):
@@ -245,20 +260,20 @@ class Operations(pyfuse3.Operations):
 
     async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                        ctx: pyfuse3.RequestContext) -> bytes:
-        with fuse_errors("getxattr"):
+        with self.guard["getxattr"]:
             return self.fs.xattrs.get(self.fs.node(inode), name)
 
     async def listxattr(self, inode: pyfuse3.InodeT,
                         ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
-        with fuse_errors("listxattr"):
+        with self.guard["listxattr"]:
             return [pyfuse3.XAttrNameT(n) for n in self.fs.xattrs.list(self.fs.node(inode))]
 
     async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("setxattr"), self._invalidating():
+        with self.guard["setxattr"]:
             self.fs.xattrs.set(self.fs.node(inode), name, value)
 
     async def removexattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                           ctx: pyfuse3.RequestContext) -> None:
-        with fuse_errors("removexattr"), self._invalidating():
+        with self.guard["removexattr"]:
             self.fs.xattrs.remove(self.fs.node(inode), name)
