@@ -165,12 +165,28 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_df(args: argparse.Namespace) -> int:
+    if args.verbose_df:
+        return _df_images(args)
     rows = []
     for u in imageops.usage(_images(args)):
         pct = f" ({round(100 * u.reclaimable / u.size)}%)" if u.size else ""
         rows.append([u.kind, str(u.total), str(u.active), human_size(u.size),
                      human_size(u.reclaimable) + pct])
     print(table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows))
+    return 0
+
+
+def _df_images(args: argparse.Namespace) -> int:
+    rows = []
+    for u in imageops.image_usage(_images(args)):
+        refs = [parse_reference(n) for n in u.info.names]
+        repo, tag = (refs[0].familiar_name, refs[0].tag or "<none>") if refs else ("<none>",
+                                                                                   "<none>")
+        rows.append([repo, tag, u.info.record.id.short, ago(u.info.config.created),
+                     human_size(u.size), human_size(u.shared), human_size(u.size - u.shared),
+                     str(u.containers)])
+    print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
+                 "UNIQUE SIZE", "CONTAINERS"], rows))
     return 0
 
 
@@ -227,6 +243,8 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("-f", "--force", action="store_true")
     p.set_defaults(func=cmd_rmi)
     p = sub.add_parser("df", help="disk usage of the store")
+    p.add_argument("-v", "--verbose", dest="verbose_df", action="store_true",
+                   help="per image: size, size shared with other images, unique size")
     p.set_defaults(func=cmd_df)
     p = sub.add_parser("prune", help="remove dangling images and unused data")
     p.add_argument("-a", "--all", action="store_true", help="all images no container uses")

@@ -6,6 +6,7 @@ catalogue last; each returns data (messages, rows, dicts) for cli.py to print.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,34 @@ def usage(images: ImageStore) -> list[Usage]:
         Usage("Blobs", len(blobs), len(used_blobs & blobs.keys()), sum(blobs.values()),
               sum(s for d, s in blobs.items() if d not in used_blobs)),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageUsage:
+    info: ImageInfo
+    size: int
+    shared: int
+    """Bytes of its unpacked layers that other images use too."""
+    containers: int
+
+
+def image_usage(images: ImageStore) -> list[ImageUsage]:
+    """``df -v``: per image, the disk its layers use and how much of it is shared."""
+    with images.store.locked(exclusive=False):
+        cat = images.load()
+        infos = []
+        for image in sorted(cat.images):
+            with contextlib.suppress(MountToolError):
+                infos.append(images.info(cat, image))
+        users: dict[Digest, int] = {}
+        for info in infos:
+            for chain in set(info.chain_ids):
+                users[chain] = users.get(chain, 0) + 1
+        sizes = {c: disk_usage(images.layers.path(c)) for c in users}
+        return [ImageUsage(info, sum(sizes[c] for c in set(info.chain_ids)),
+                           sum(sizes[c] for c in set(info.chain_ids) if users[c] > 1),
+                           len(containers_using(images.store, info.record.id)))
+                for info in infos]
 
 
 def _exclusive_size(images: ImageStore, cat: Catalogue, doomed: set[Digest],

@@ -72,6 +72,10 @@ def test_workflow(run: Run, layout: Path, tmp_path: Path) -> None:
     assert run("rmi", "localhost:5000/app:v2") == "Untagged: localhost:5000/app:v2\n"
     df = run("df")
     assert df.splitlines()[2].split()[:3] == ["Layers", "3", "3"]  # the base is shared
+    per_image = run("df", "-v").splitlines()
+    assert per_image[0].split()[5:8] == ["SIZE", "SHARED", "SIZE"]
+    app, b = per_image[1].split(), per_image[2].split()
+    assert app[0] == "app" and b[0] == "quay.io/x/b" and app[-3] == b[-3] != "0B"  # shared
     run("save", "app:1", "-o", str(tmp_path / "a.tar"))
     run("save", "app:1", "quay.io/x/b:2", "--format", "oci-archive", "-o", str(tmp_path / "o.tar"))
     run("save", "app:1", "--format", "oci-dir", "-o", str(tmp_path / "odir"))
