@@ -83,6 +83,7 @@ def run(tour: Tour, work: Path) -> None:
     tour.sh("ls", f"{view}/etc")
     tour.say("Two images, one base: the shared layers are on disk once")
     tour.mt("df")
+    tour.mt("df", "-v")
     tour.say("Clean up")
     tour.mt("umount", str(view))
     tour.mt("umount", "demo")
