@@ -36,6 +36,10 @@ class Tour:
             raise SystemExit(f"tour: step failed (exit {res.returncode})")
         return res.stdout.strip()
 
+    def write(self, path: str, text: str) -> None:
+        print(f"$ echo {shlex.quote(text.rstrip())} > {shlex.quote(path)}", flush=True)
+        Path(path).write_text(text)
+
     def mt(self, *args: str) -> str:
         print(f"$ mounttool {' '.join(shlex.quote(a) for a in args)}", flush=True)
         cmd = [sys.executable, "-m", "mounttool", "--root", str(self.root), *args]
@@ -68,7 +72,7 @@ def run(tour: Tour, work: Path) -> None:
     tour.sh("ls", "-l", mnt, f"{mnt}/etc")
     tour.sh("cat", f"{mnt}/etc/app.conf")
     tour.say("Write a lower file (copy-up) and delete one (a whiteout in the upper layer)")
-    tour.sh("sh", "-c", f"echo 'greeting=hallo' > {shlex.quote(mnt)}/etc/app.conf")
+    tour.write(f"{mnt}/etc/app.conf", "greeting=hallo\n")
     tour.sh("rm", f"{mnt}/etc/hostname")
     upper = _upper(tour, "demo")
     tour.sh("ls", "-l", f"{upper}/etc")
