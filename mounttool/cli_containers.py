@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -17,14 +19,15 @@ from pathlib import Path
 from mounttool import mounting
 from mounttool.changes import changes
 from mounttool.commit import commit, export
-from mounttool.containers import Container, Containers, live_mounts
+from mounttool.containers import Container, Containers
 from mounttool.display import ago, human_size, table
 from mounttool.errors import ConflictError, MountToolError, UsageError
 from mounttool.fsutil import syncfs
 from mounttool.images import ImageStore
+from mounttool.mounting import live_mounts
 from mounttool.overlayview import OverlayView
 from mounttool.refs import parse_tagged
-from mounttool.store import Store
+from mounttool.store import Store, atomic_write
 
 
 def _ctx(args: argparse.Namespace) -> tuple[ImageStore, Containers]:
@@ -40,6 +43,18 @@ def flush(c: Container) -> None:
     """Push a mounted container's cached writes into its upper dir before reading it."""
     if is_mounted(c):
         syncfs(Path(c.mountpoint))
+
+
+def _image_mount_record(store: Store, mnt: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(mnt)).hexdigest()[:32]
+    return store.root / "imagemounts" / f"{key}.json"
+
+
+def _record_image_mount(store: Store, image: str, mnt: Path) -> None:
+    """Remember a read-only image mount, so rmi and prune leave its layers alone."""
+    record = _image_mount_record(store, mnt)
+    record.parent.mkdir(exist_ok=True)
+    atomic_write(record, json.dumps({"image": image, "mountpoint": str(mnt)}).encode())
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -60,6 +75,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             info = images.info(cat, images.resolve(cat, args.image))
             lowers = [images.layers.diff_dir(c) for c in reversed(info.chain_ids)]
             mounting.mount(lowers, None, None, mnt)
+            _record_image_mount(images.store, str(info.record.id), mnt)
         print(mnt)
         return 0
     if not args.container:
@@ -87,6 +103,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
                 if path not in live_mounts():
                     raise
                 mounting.umount(Path(path))
+                _image_mount_record(containers.store, Path(path)).unlink(missing_ok=True)
                 print(path)
                 continue
             if is_mounted(c):

@@ -129,22 +129,3 @@ def _free_name(taken: set[str]) -> str:
         name = f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}"
         if name not in taken:
             return name
-
-
-def live_mounts() -> set[str]:
-    """Mount points of live FUSE mounts, from /proc/self/mountinfo."""
-    out = set()
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                left, _, right = line.partition(b" - ")
-                fields = left.split()
-                if right.startswith(b"fuse") and len(fields) > 4:
-                    out.add(_unescape(fields[4]))
-    except OSError:
-        pass
-    return out
-
-
-def _unescape(raw: bytes) -> str:
-    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw))

@@ -61,8 +61,8 @@ def _remove_one(images: ImageStore, cat: Catalogue, word: str, force: bool) -> l
                             "image is referenced in multiple repositories")
     users = containers_using(images.store, image)
     if users and not force:
-        raise ConflictError(f"conflict: unable to remove image {word}: container "
-                            f"{', '.join(users)} is using it (use -f to untag it)")
+        raise ConflictError(f"conflict: unable to remove image {word}: in use by "
+                            f"{', '.join(users)} (use -f to untag it)")
     out = []
     for n in names:
         del cat.tags[n]

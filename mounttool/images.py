@@ -12,6 +12,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from mounttool import oci
 from mounttool.blobs import BlobStore
@@ -24,6 +26,7 @@ from mounttool.errors import (
     StoreError,
 )
 from mounttool.layerstore import LayerStore
+from mounttool.mounting import live_mounts
 from mounttool.refs import Reference, parse_reference
 from mounttool.store import Store, atomic_write
 
@@ -80,21 +83,34 @@ class ImageInfo:
 
 
 def containers_using(store: Store, image: Digest) -> list[str]:
-    """Names of containers created from ``image``.
+    """What uses ``image`` ("container NAME", "the mount at PATH"), for messages and checks.
 
     The contract with containers.py: each container keeps ``containers/<id>/container.json``
-    holding at least ``{"image": "sha256:...", "name": ...}``.
+    holding at least ``{"image": "sha256:...", "name": ...}``; ``mount --image`` records
+    ``imagemounts/<key>.json`` holding ``{"image": ..., "mountpoint": ...}``.
     """
     out = []
     cdir = store.root / "containers"
     for entry in sorted(cdir.iterdir()) if cdir.is_dir() else []:
-        try:
-            obj = json.loads((entry / "container.json").read_bytes())
-        except (OSError, ValueError):
-            continue
-        if isinstance(obj, dict) and obj.get("image") == str(image):
-            out.append(str(obj.get("name") or entry.name))
+        obj = _read_json(entry / "container.json")
+        if obj.get("image") == str(image):
+            out.append(f"container {obj.get('name') or entry.name}")
+    mdir = store.root / "imagemounts"
+    records = sorted(mdir.glob("*.json")) if mdir.is_dir() else []
+    live = live_mounts() if records else set()
+    for record in records:
+        obj = _read_json(record)
+        if obj.get("image") == str(image) and obj.get("mountpoint") in live:
+            out.append(f"the mount at {obj['mountpoint']}")
     return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 class ImageStore:

@@ -8,6 +8,7 @@ last line unionfs printed.  Unmounting is ``fusermount3 -u``.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -96,3 +97,22 @@ def umount(mnt: Path) -> None:
     if res.returncode != 0:
         why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1]
         raise MountToolError(f"unmounting {mnt} failed: {why}")
+
+
+def live_mounts() -> set[str]:
+    """Mount points of live FUSE mounts, from /proc/self/mountinfo."""
+    out = set()
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                left, _, right = line.partition(b" - ")
+                fields = left.split()
+                if right.startswith(b"fuse") and len(fields) > 4:
+                    out.add(_unescape(fields[4]))
+    except OSError:
+        pass
+    return out
+
+
+def _unescape(raw: bytes) -> str:
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw))

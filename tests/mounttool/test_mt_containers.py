@@ -141,7 +141,7 @@ def test_container_lifecycle_and_errors(run: Run) -> None:
     assert "already in use" in run("create", "--name", "web", "app:1", code=1)
     assert "invalid container name" in run("create", "--name", "a/b", "app:1", code=2)
     assert "no such image" in run("create", "nope", code=1)
-    assert "is using it" in run("rmi", "app:1", code=1)
+    assert "in use by container" in run("rmi", "app:1", code=1)
     assert "no such container" in run("diff", "nope", code=1)
     assert "no such container" in run("rm", "web", "nope", code=1)
     assert "invalid --change" in run("commit", "web", "x:1", "-c", "FROB x", code=2)

@@ -17,8 +17,7 @@ from mt_images import build, write_layout
 from test_mt_cli import Run
 from test_mt_images import BASE, TOP
 
-from mounttool.containers import live_mounts
-from mounttool.mounting import umount
+from mounttool.mounting import live_mounts, umount
 
 
 def _why_not() -> str:
@@ -96,10 +95,13 @@ def test_image_layers_merge_like_the_mount(run: Run, tmp_path: Path) -> None:
     layers = [Path(p) for p in info["GraphDriver"]["Data"]["LowerDir"].split(":")]
     mnt = tmp_path / "m"
     run("mount", "--image", "app:1", str(mnt))
+    assert f"in use by the mount at {mnt}" in run("rmi", "app:1", code=1)
+    assert "Deleted Images" not in run("prune", "-a")
     got = read_tree(mnt)
     del got["."]
     assert got == merge_layers(layers)
     run("umount", str(mnt))
+    assert run("rmi", "app:1").startswith("Untagged: app:1")
 
 
 def test_mount_failure_is_one_line(run: Run, tmp_path: Path) -> None:
