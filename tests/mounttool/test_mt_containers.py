@@ -166,3 +166,27 @@ def test_apply_change_forms() -> None:
     for bad in ("CMD", "ENV X", "CMD [oops", "NOPE x"):
         with pytest.raises(UsageError):
             apply_change(cfg, bad)
+
+
+def test_commit_on_a_docker_archive_image_and_an_empty_commit(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]
+                                                                ) -> None:
+    from mt_images import write_docker_archive
+    run = Run(tmp_path / "store", capsys)
+    run("load", "-i", str(write_docker_archive(tmp_path / "d.tar",
+                                               [(["old:1"], build([BASE, TOP], ""))])))
+    run("create", "--name", "c", "old:1")
+    empty_id = run("commit", "c", "old:empty").strip()
+    info = json.loads(run("inspect", "old:empty"))[0]
+    assert info["Id"] == empty_id and len(info["RootFS"]["Layers"]) == 3
+    assert info["Manifest"]["MediaType"] == \
+        "application/vnd.docker.distribution.manifest.v2+json"
+    store = Store(tmp_path / "store")
+    cs = Containers(store)
+    (cs.upper(cs.get("c")) / "new").write_text("n")
+    run("commit", "c", "old:2")
+    run("save", "old:2", "-o", str(tmp_path / "o2.tar"))
+    other = Run(tmp_path / "other", capsys)
+    assert other("load", "-i", str(tmp_path / "o2.tar")) == "Loaded image: old:2\n"
+    layers = json.loads(other("inspect", "old:2"))[0]["GraphDriver"]["Data"]["LowerDir"]
+    assert merge_layers([Path(p) for p in layers.split(":")])["new"][4] == b"n"
