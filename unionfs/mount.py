@@ -75,10 +75,15 @@ def daemonize() -> None:
     os.close(null)
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 async def _serve_until_signal() -> None:
     async with trio.open_nursery() as nursery:
         async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            with trio.open_signal_receiver(*_STOP_SIGNALS) as sigs:
+                # Held back since before the mount went live; any that came are handled now.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 async for signum in sigs:
                     log.info("signal %d: unmounting", signum)
                     pyfuse3.terminate()
@@ -96,6 +101,9 @@ def serve(spec: MountSpec, foreground: bool, ready_fd: int | None = None) -> Non
     os.umask(0)
     fs = UnionFS(spec)
     ops = Operations(fs)
+    # A stop signal between the mount going live and the loop running would kill the daemon
+    # and leave a dead mount behind: hold such signals until the loop can unmount cleanly.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         pyfuse3.init(ops, os.fsdecode(spec.mountpoint), fuse_options(spec))
     except RuntimeError as exc:

@@ -213,3 +213,18 @@ def test_daemon_mode_returns_once_mounted(layers: Layers, mount: MountFn) -> Non
     finally:
         subprocess.run(["fusermount3", "-u", str(layers["mnt"])], check=True)
     assert not os.path.ismount(layers["mnt"])
+
+
+def test_sigterm_right_after_mounting_unmounts_cleanly(layers: Layers) -> None:
+    read_fd, write_fd = os.pipe()
+    opts = f"lowerdir={layers['top']},upperdir={layers['upper']},workdir={layers['work']}"
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
+                             "-o", opts, str(layers["mnt"])], pass_fds=(write_fd,))
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 16) == b"ready\n"
+    finally:
+        os.close(read_fd)
+    proc.terminate()  # at once: before the daemon's loop may even have started
+    assert proc.wait(timeout=20) == 0
+    assert not os.path.ismount(layers["mnt"])
