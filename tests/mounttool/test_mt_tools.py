@@ -167,3 +167,26 @@ def test_skopeo_recompressed_layouts_match(corpus: tuple[Path, Path], tmp_path: 
     sh("skopeo", "--insecure-policy", "copy", "--dest-compress", "--dest-compress-format", fmt,
        f"oci:{lay}:l3", f"oci:{out}:l3")
     _check(tmp_path / "s", out, ref)
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")),
+                    reason="needs /dev/fuse and fusermount3")
+def test_mounted_image_matches_umoci_unpack(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    """Through a real unionfs mount: the image shows exactly umoci's own unpack."""
+    from mounttool.cli import main
+    from mounttool.mounting import umount
+    lay, ref = corpus
+    images = ImageStore(Store(tmp_path / "s"))
+    loaded = load_path(images, lay)
+    cat = images.load()
+    top = max(loaded, key=lambda x: len(images.info(cat, x.id).chain_ids))
+    mnt = tmp_path / "mnt"
+    assert main(["--root", str(tmp_path / "s"), "mount", "--image", str(top.id), str(mnt)]) == 0
+    try:
+        got, want = plain_tree(mnt), plain_tree(ref)
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert got[key] == want[key], key
+    finally:
+        umount(mnt)
