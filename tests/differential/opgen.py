@@ -94,11 +94,15 @@ class OpGenerator:
             return rng.choice(self.hidden)
         if not self.visible or rng.random() < 0.05:
             return self.fresh(remember=False)
+        if rng.random() < 0.03:
+            return ""  # the tree's root: a merged directory
         return rng.choice(self.visible)
 
     def fresh(self, *, remember: bool = True, is_dir: bool = False) -> str:
         rng = self.rng
-        if rng.random() < 0.5:
+        if rng.random() < 0.03:
+            name = rng.choice(("L" * 255, "T" * 256))  # the longest name, and one too long
+        elif rng.random() < 0.5:
             name = rng.choice(("a", "b", "c", "d", "x", ".wh.b"))
         else:
             self.counter += 1
@@ -196,7 +200,8 @@ class OpGenerator:
         return Mknod(self.target(), Mode(self.rng.choice((0o644, 0o600, 0o4644))))
 
     def mknod(self) -> Op:
-        return Mknod(self.target(), Mode(0o644), self.rng.choice(("chr 0:0", "chr 1:3")))
+        kind = self.rng.choice(("chr 0:0", "chr 1:3", "sock"))
+        return Mknod(self.target(), Mode(0o644), kind)
 
     def open(self) -> Op:
         flags = self.rng.choice(("RDONLY", "RDWR", "WRONLY", "RDWR|CREAT", "RDWR|TRUNC",

@@ -287,7 +287,8 @@ class RemoveXattr(Op):
 
 @dataclass(frozen=True)
 class Mknod(Op):
-    """A fifo (``kind="fifo"``) or a character device ``major:minor`` (``"chr 0:0"``...)."""
+    """A fifo (``kind="fifo"``), a socket inode (``"sock"``) or a character device
+    ``major:minor`` (``"chr 0:0"``...)."""
 
     path: str
     mode: Mode
@@ -296,6 +297,8 @@ class Mknod(Op):
     def apply(self, ctx: Context) -> object:
         if self.kind == "fifo":
             os.mkfifo(ctx.path(self.path), self.mode)
+        elif self.kind == "sock":
+            os.mknod(ctx.path(self.path), stat.S_IFSOCK | self.mode)
         else:
             major, minor = (int(x) for x in self.kind.split()[1].split(":"))
             os.mknod(ctx.path(self.path), stat.S_IFCHR | self.mode, os.makedev(major, minor))
