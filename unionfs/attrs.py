@@ -7,12 +7,15 @@ import pyfuse3
 from unionfs.tree import Attr
 
 
-def entry_attributes(attr: Attr, timeout: float) -> pyfuse3.EntryAttributes:
+def entry_attributes(attr: Attr, timeout: float,
+                     entry_timeout: float | None = None) -> pyfuse3.EntryAttributes:
+    """The reply for ``attr``; names are cached ``entry_timeout`` seconds (default: as long
+    as the attributes)."""
     st = attr.st
     entry = pyfuse3.EntryAttributes()
     entry.st_ino = attr.ino
     entry.generation = 0
-    entry.entry_timeout = timeout
+    entry.entry_timeout = timeout if entry_timeout is None else entry_timeout
     entry.attr_timeout = timeout
     entry.st_mode = st.st_mode
     entry.st_nlink = attr.nlink

@@ -88,7 +88,11 @@ class Operations(pyfuse3.Operations):
         self.guard = {op: Guard(op, self.tree) for op in _GUARDED}
 
     def _entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        return entry_attributes(self.tree.attr(node, st), self.timeout)
+        # The names of a lower hardlink are not cached by the kernel: it then looks the name
+        # up before each use, which tells us which name an inode-only request (open for
+        # writing, chmod, ...) came through, so copy-up picks the same name as the kernel.
+        entry_timeout = 0.0 if node.origin is not None else None
+        return entry_attributes(self.tree.attr(node, st), self.timeout, entry_timeout)
 
     def _new_entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.tree.remember(node)
