@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import stat
+import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,3 +214,15 @@ def plain_tree(root: Path, times: bool = True) -> Tree:
     t = read_tree(root, times)
     del t["."]
     return t
+
+
+def kernel_overlay(lowers: list[Path], mnt: Path) -> str:
+    """Mount kernel overlayfs read-only over ``lowers`` (top first); '' or why not."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    opts = "lowerdir=" + ":".join(str(p) for p in lowers)
+    if len(lowers) == 1:  # the kernel wants two lowers without an upper
+        opts += ":" + str(mnt.parent / "empty")
+        (mnt.parent / "empty").mkdir(exist_ok=True)
+    res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mnt)],
+                         capture_output=True, text=True, check=False)
+    return "" if res.returncode == 0 else (res.stderr.strip() or "mount failed")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
-from mt_helpers import merge_layers
+import pytest
+from mt_helpers import kernel_overlay, merge_layers, plain_tree
 from test_mt_cli import Run
 
 from mounttool.demo import NAME, write_archive
+from mounttool.images import ImageStore
+from mounttool.ingest import load_path
+from mounttool.store import Store
 
 
 def test_demo_image(tmp_path: Path, capsys: object) -> None:
@@ -27,3 +33,26 @@ def test_demo_image(tmp_path: Path, capsys: object) -> None:
     out = run("tree", NAME, "/etc").splitlines()
     assert out[1].split()[0] == "#3" and out[1].endswith("/etc/app.conf")
     assert len(run("history", NAME).splitlines()) == 4
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount overlayfs")
+def test_kernel_overlayfs_on_opaque_dirs_and_whiteouts(tmp_path: Path) -> None:
+    """The demo image (opaque dir, whiteouts, replaced files) read by kernel overlayfs."""
+    write_archive(tmp_path / "demo.tar")
+    images = ImageStore(Store(tmp_path / "s"))
+    (loaded,) = load_path(images, tmp_path / "demo.tar")
+    info = images.info(images.load(), loaded.id)
+    layers = [images.layers.diff_dir(c) for c in reversed(info.chain_ids)]
+    mnt = tmp_path / "kmnt"
+    why = kernel_overlay(layers, mnt)
+    if why:
+        pytest.skip(f"kernel overlayfs not available here: {why}")
+    try:
+        got = plain_tree(mnt)
+        assert got == merge_layers(layers)
+        assert sorted(k for k in got if k.startswith(("etc/", "var/lib/demo/"))) == [
+            "etc/app.conf", "etc/hostname", "etc/os-release", "var/lib/demo/state"]
+        assert "usr/share/doc/demo" not in got
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
