@@ -190,3 +190,40 @@ def test_commit_on_a_docker_archive_image_and_an_empty_commit(tmp_path: Path,
     assert other("load", "-i", str(tmp_path / "o2.tar")) == "Loaded image: old:2\n"
     layers = json.loads(other("inspect", "old:2"))[0]["GraphDriver"]["Data"]["LowerDir"]
     assert merge_layers([Path(p) for p in layers.split(":")])["new"][4] == b"n"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount overlayfs")
+def test_commit_of_a_kernel_overlayfs_upper(run: Run, tmp_path: Path) -> None:
+    """diff and commit read an upper dir written by the kernel's own overlayfs."""
+    import shutil
+    import subprocess
+    _, _, upper, lowers = _container(run)
+    work = upper.parent / "work"
+    mnt = tmp_path / "k"
+    mnt.mkdir()
+    opts = (f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work},"
+            "redirect_dir=off,index=off,metacopy=off")
+    res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mnt)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode:
+        pytest.skip(f"kernel overlayfs not available here: {res.stderr.strip()}")
+    try:
+        (mnt / "bin/sh").write_bytes(b"patched")               # copy-up
+        (mnt / "etc/new").unlink()                             # whiteout
+        shutil.rmtree(mnt / "var/cache")                       # opaque on re-create
+        (mnt / "var/cache").mkdir()
+        (mnt / "var/cache/z").write_text("z")
+        os.rename(mnt / "tmp/f", mnt / "tmp/g")                 # rename of a lower file
+        os.chmod(mnt / "tmp", 0o700)
+        want = read_tree(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    del want["."]
+    assert run("diff", "c1").splitlines() == [
+        "C /bin", "C /bin/sh", "C /etc", "D /etc/new", "C /tmp", "D /tmp/f", "A /tmp/g",
+        "C /var", "C /var/cache", "D /var/cache/y", "A /var/cache/z"]
+    run("commit", "c1", "app:2")
+    info = json.loads(run("inspect", "app:2"))[0]
+    layers = [Path(p) for p in info["GraphDriver"]["Data"]["LowerDir"].split(":")]
+    assert merge_layers(layers) == want
