@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -73,7 +74,16 @@ class LayerStore:
         log.info("unpacking layer %d/%d (%s)", index + 1, len(chains), diff_ids[index].short)
         tmp = self.store.mkdtemp("layer-")
         try:
-            self._unpack(tmp, chains, diff_ids, index, opener, opts)
+            try:
+                self._unpack(tmp, chains, diff_ids, index, opener, opts)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                raise StoreError(
+                    f"cannot write overlay whiteouts or opaque markers in {self.root}: "
+                    f"{exc.strerror}; the store needs a filesystem with trusted.* xattrs and "
+                    "device nodes (ext4, xfs, btrfs, tmpfs, not overlayfs): choose it with "
+                    "--root") from None
             if self.path(chain).exists():  # a half-removed layer: replace it
                 remove_tree(self.path(chain))
             os.rename(tmp, self.path(chain))

@@ -397,3 +397,27 @@ def test_archive_truncated_inside_its_last_member(store: Store, tmp_path: Path) 
     with pytest.raises(MountToolError, match=r"truncated|unexpected end of data"):
         load_path(images(store), cut)
     assert snapshot(store.root) == before
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount overlayfs")
+def test_store_on_a_filesystem_without_overlay_xattrs(tmp_path: Path) -> None:
+    """A store on overlayfs cannot hold overlay markers: one clear error, nothing left."""
+    import subprocess
+    for d in ("l", "u", "w", "m"):
+        (tmp_path / d).mkdir()
+    opts = f"lowerdir={tmp_path / 'l'},upperdir={tmp_path / 'u'},workdir={tmp_path / 'w'}"
+    res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(tmp_path / "m")],
+                         capture_output=True, text=True, check=False)
+    if res.returncode:
+        pytest.skip(f"kernel overlayfs not available here: {res.stderr.strip()}")
+    try:
+        store = Store(tmp_path / "m" / "store")
+        ims = images(store)
+        load_path(ims, write_layout(tmp_path / "good", [("good:1", build([OTHER]))]))
+        before = snapshot(store.root)
+        with pytest.raises(MountToolError, match="needs a filesystem with trusted"):
+            load_path(ims, write_layout(tmp_path / "lay", [("app:1", build([BASE, TOP]))]))
+        assert snapshot(store.root) == before
+    finally:
+        subprocess.run(["umount", str(tmp_path / "m")], check=False)
