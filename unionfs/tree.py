@@ -300,7 +300,8 @@ class Tree:
         node.data_gen += 1
         self.dir_changed(parent)
 
-    def make_data_writable(self, node: Node, with_data: bool = True) -> None:
+    def make_data_writable(self, node: Node, with_data: bool = True,
+                           link_up: bool = True) -> None:
         """Before a change to ``node``'s data or metadata: its data must be upper data.
 
         A named node is copied up.  A node no name reaches any more (unlinked but open) whose
@@ -311,7 +312,7 @@ class Tree:
         if node.fd is None:
             self.copy_up(node, with_data)
         elif self.indexed(node):
-            if node.parent is not None:
+            if link_up and node.parent is not None:
                 self.link_up(node)
         elif not self.is_upper(node):
             node.fd = copier.copy_anonymous(node.fd)

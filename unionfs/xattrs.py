@@ -50,7 +50,9 @@ class Xattrs:
         return [n for n in shown if n is not None]
 
     def set(self, node: Node, name: bytes, value: bytes) -> None:
-        self.tree.make_data_writable(node)
+        # Like the kernel's ovl_xattr_set: an indexed hardlink already has upper data, and
+        # its other names are not linked up for an xattr change.
+        self.tree.make_data_writable(node, link_up=False)
         path, follow = self.tree.locate(node)
         os.setxattr(path, self.real_name(name), value, follow_symlinks=follow)
         self.tree.changed(node)
@@ -61,7 +63,7 @@ class Xattrs:
         real = self.real_name(name)
         if not tree.is_upper(node):
             self.get(node, name)  # ENODATA here leaves the lower file where it is
-        tree.make_data_writable(node)
+        tree.make_data_writable(node, link_up=False)
         path, follow = tree.locate(node)
         self.tree.changed(node)
         try:
