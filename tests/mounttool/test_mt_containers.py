@@ -227,3 +227,29 @@ def test_commit_of_a_kernel_overlayfs_upper(run: Run, tmp_path: Path) -> None:
     info = json.loads(run("inspect", "app:2"))[0]
     layers = [Path(p) for p in info["GraphDriver"]["Data"]["LowerDir"].split(":")]
     assert merge_layers(layers) == want
+
+
+def test_commit_of_odd_upper_entries(run: Run) -> None:
+    """Non-UTF-8 names, hardlinks inside the upper dir, sockets (not storable: skipped)."""
+    import socket
+    _, _, upper, lowers = _container(run)
+    odd = os.fsencode(upper) + b"/caf\xe9"
+    with open(odd, "wb") as f:
+        f.write(b"bytes name")
+    os.link(odd, os.fsencode(upper) + b"/alias")
+    cwd = os.getcwd()
+    os.chdir(upper)  # a socket path must be short
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind("sock")
+        sock.close()
+    finally:
+        os.chdir(cwd)
+    want = merge_layers([upper, *lowers])
+    del want["sock"]
+    run("commit", "c1", "app:odd")
+    info = json.loads(run("inspect", "app:odd"))[0]
+    layers = [Path(p) for p in info["GraphDriver"]["Data"]["LowerDir"].split(":")]
+    assert merge_layers(layers) == want
+    top = os.fsencode(layers[0])
+    assert os.stat(top + b"/caf\xe9").st_ino == os.stat(top + b"/alias").st_ino
