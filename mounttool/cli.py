@@ -17,7 +17,7 @@ from typing import Any, NoReturn, cast
 
 from mounttool import cli_containers, imageops
 from mounttool.containers import Containers
-from mounttool.display import ago, human_size, short_id, table, truncate
+from mounttool.display import ago, human_size, render, short_id, table, truncate
 from mounttool.errors import MountToolError, NotFoundError, UsageError
 from mounttool.formats.save import FORMATS, SaveItem, save
 from mounttool.images import Catalogue, ImageInfo, ImageStore
@@ -91,10 +91,29 @@ def cmd_images(args: argparse.Namespace) -> int:
         if seen:
             print("\n".join(seen))
         return 0
+    if args.format:
+        render(args.format, dict.fromkeys(IMAGE_FIELDS, ""))  # a bad template fails even empty
+        for info in infos:
+            for fields in _image_fields(info, args):
+                print(render(args.format, fields))
+        return 0
     headers = ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID",
                "CREATED", "SIZE"]
     print(table(headers, [row for i in infos for row in _image_rows(i, args)]))
     return 0
+
+
+IMAGE_FIELDS = ("Repository", "Tag", "ID", "Digest", "CreatedSince", "CreatedAt", "Size")
+
+
+def _image_fields(info: ImageInfo, args: argparse.Namespace) -> list[dict[str, str]]:
+    """docker's ``images --format`` fields, one dict per name."""
+    refs: list[Reference | None] = [parse_reference(n) for n in info.names] or [None]
+    return [{"Repository": ref.familiar_name if ref else "<none>",
+             "Tag": (ref.tag or "<none>") if ref else "<none>",
+             "ID": short_id(info.record.id, args.no_trunc), "Digest": str(info.record.manifest),
+             "CreatedSince": ago(info.config.created), "CreatedAt": info.config.created,
+             "Size": human_size(info.size)} for ref in refs]
 
 
 def _image_rows(info: ImageInfo, args: argparse.Namespace) -> list[list[str]]:
@@ -225,6 +244,9 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--no-trunc", action="store_true")
     p.add_argument("--digests", action="store_true")
     p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE")
+    p.add_argument("--format", metavar="TEMPLATE",
+                   help="e.g. '{{.Repository}}:{{.Tag}} {{.ID}}' (fields: Repository, Tag, ID, "
+                        "Digest, CreatedSince, CreatedAt, Size)")
     p.set_defaults(func=cmd_images)
     p = sub.add_parser("history", help="show the history of an image")
     p.add_argument("image")

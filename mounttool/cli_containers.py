@@ -20,7 +20,7 @@ from mounttool import mounting
 from mounttool.changes import changes
 from mounttool.commit import commit, export
 from mounttool.containers import Container, Containers
-from mounttool.display import ago, human_size, table
+from mounttool.display import ago, human_size, render, table
 from mounttool.errors import ConflictError, MountToolError, UsageError
 from mounttool.fsutil import syncfs
 from mounttool.images import ImageStore
@@ -113,6 +113,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+PS_FIELDS = ("ID", "Image", "RunningFor", "Status", "Size", "Names", "CreatedAt", "Mounts")
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     _, containers = _ctx(args)
     rows = []
@@ -127,7 +130,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 rows.append([ident])
                 continue
             rows.append([ident, c.image_ref, ago(c.created), status,
-                         human_size(containers.size(c)), c.name])
+                         human_size(containers.size(c)), c.name, c.created, c.mountpoint])
+    if args.format:
+        render(args.format, dict.fromkeys(PS_FIELDS, ""))
+        for row in rows:
+            print(render(args.format, dict(zip(PS_FIELDS, row, strict=True))))
+        return 0
+    rows = [r[:6] for r in rows]
     if args.quiet:
         if rows:
             print("\n".join(r[0] for r in rows))
@@ -216,6 +225,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("-a", "--all", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("--format", metavar="TEMPLATE",
+                   help="e.g. '{{.Names}} {{.Status}}' (fields: " + ", ".join(PS_FIELDS) + ")")
     p.set_defaults(func=cmd_ps)
     p = sub.add_parser("rm", help="remove containers")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from mounttool.digest import Digest
+from mounttool.errors import UsageError
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
@@ -88,3 +90,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+_FIELD = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+
+
+def render(template: str, fields: dict[str, str]) -> str:
+    """A docker ``--format`` template, the ``{{.Field}}`` part of it (``\\t``, ``\\n`` too)."""
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in fields:
+            raise UsageError(f"template: unknown field .{name} (have: "
+                             f"{', '.join('.' + f for f in fields)})")
+        return fields[name]
+    if "{{" in _FIELD.sub("", template):
+        raise UsageError(f"template: only {{{{.Field}}}} placeholders are supported: {template!r}")
+    return _FIELD.sub(one, template.replace("\\t", "\t").replace("\\n", "\n"))

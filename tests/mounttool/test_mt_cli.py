@@ -62,6 +62,10 @@ def test_workflow(run: Run, layout: Path, tmp_path: Path) -> None:
     assert "app" not in run("images", "-f", "before=app:1")
     assert "quay.io" not in run("images", "--filter", "reference=app*")
     assert "sha256:" in run("images", "--digests", "--no-trunc")
+    assert run("images", "--format", "{{.Repository}}:{{.Tag}}").split() == [
+        "app:1", "quay.io/x/b:2"]
+    assert "unknown field .Nope" in run("images", "--format", "{{.Nope}}", code=2)
+    assert "only {{.Field}}" in run("images", "--format", "{{json .}}", code=2)
     hist = run("history", "app:1").splitlines()
     assert hist[0].split()[0] == "IMAGE" and "<missing>" in hist[2]
     assert "/bin/sh -c step 1" in hist[1]

@@ -137,6 +137,8 @@ def test_container_lifecycle_and_errors(run: Run) -> None:
     out = run("ps", "-a").splitlines()
     assert out[0].split()[:2] == ["CONTAINER", "ID"] and len(out) == 3
     assert run("ps") .splitlines()[1:] == []  # nothing mounted
+    assert sorted(run("ps", "-a", "--format", "{{.Names}}={{.Status}}").split())[-1] == \
+        "web=Created"
     before = snapshot(run.root)
     assert "already in use" in run("create", "--name", "web", "app:1", code=1)
     assert "invalid container name" in run("create", "--name", "a/b", "app:1", code=2)
