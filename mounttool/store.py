@@ -129,7 +129,7 @@ class Store:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.info("waiting for the store lock on %s", self.root)
+                log.warning("waiting for another mounttool command on %s", self.root)
                 fcntl.flock(fd, mode)
             self._lock_fd, self._exclusive = fd, exclusive
             if exclusive:
