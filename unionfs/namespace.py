@@ -184,7 +184,8 @@ class Namespace:
         copier = tree.require_writable()
         if node.is_dir:
             raise oserror(errno.EPERM)
-        tree.copy_up(node)
+        if node.fd is None or tree.indexed(node):
+            tree.make_data_writable(node)  # copy-up, or the link-up of an indexed hardlink
         prel = tree.upper_dir(parent)
         rel = join(prel, name)
         src = node.path() if node.fd is None else b"/proc/self/fd/%d" % node.fd

@@ -197,10 +197,10 @@ class Tree:
         if node.is_dir:
             if len(node.dir_layers) > 1:
                 nlink = 1  # as the kernel: counting subdirectories of a merge is not worth it
+        elif node.origin is not None and self.index is not None and node.origin in self.index:
+            nlink = self.index.nlink(node.origin) or 0  # names the merged view still shows
         elif node.parent is None:
             nlink = 0
-        elif node.origin is not None and self.index is not None:
-            nlink = self.index.nlink(node.origin) or nlink
         return Attr(node.ino, st, nlink)
 
     def locate(self, node: Node) -> tuple[bytes, bool]:

@@ -82,7 +82,9 @@ def proc_path(dir_fd: int, rel: bytes) -> bytes:
     directory without crossing back into any mount on top of it.
     """
     if rel in (b"", b"."):
-        return b"/proc/self/fd/%d" % dir_fd
+        # "/." makes the directory itself the last component, so calls that do not follow
+        # symlinks act on it and not on the /proc magic link.
+        return b"/proc/self/fd/%d/." % dir_fd
     return b"/proc/self/fd/%d/%s" % (dir_fd, rel)
 
 

@@ -306,3 +306,12 @@ def test_rename_exchange_swaps_across_layers(make_union) -> None:  # type: ignor
     with pytest.raises(OSError) as exc:
         u.fs.names.rename(root, b"a", root, b"missing", RENAME_EXCHANGE)
     assert exc.value.errno == errno.ENOENT
+
+
+def test_xattrs_of_the_root_directory(make_union) -> None:  # type: ignore[no-untyped-def]
+    u = make_union({"f": b""})
+    root = u.tree.root
+    u.fs.xattrs.set(root, b"user.rootattr", b"1")
+    assert u.fs.xattrs.get(root, b"user.rootattr") == b"1"
+    assert b"user.rootattr" in u.fs.xattrs.list(root)
+    assert os.getxattr(u.upper, "user.rootattr") == b"1"
