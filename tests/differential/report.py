@@ -34,6 +34,8 @@ def related(path: str, wanted: set[str]) -> bool:
 
 
 def describe_layer(name: str, layer: Layer, wanted: set[str]) -> list[str]:
+    wanted = wanted | {n.target for p, n in layer.items()
+                       if isinstance(n, Hardlink) and related(p, wanted)}
     lines = []
     for path in sorted(layer):
         node = layer[path]

@@ -8,6 +8,7 @@ failures plus any teardown problems.  ``main`` is the command line.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -113,7 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def terminate(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP (``timeout``, a cancelled CI job) unwind like Ctrl-C: mounts come down."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, terminate)
     args = build_parser().parse_args(argv)
     cases = [make_case(s, args.ops, wh_names=not args.no_wh_names,
                        hardlinks=not args.no_hardlinks) for s in parse_seeds(args.seeds)]
