@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
-from mounttool import cli_containers, imageops
+from mounttool import cli_containers, cli_registry, imageops
 from mounttool.containers import Containers
 from mounttool.display import ago, human_size, render, short_id, table, truncate
 from mounttool.errors import MountToolError, NotFoundError, UsageError
@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True))
     _add_commands(sub)
     cli_containers.add_commands(sub)
+    cli_registry.add_registry_commands(sub)
     return parser
 
 

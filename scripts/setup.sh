@@ -10,9 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev build and run pyfuse3; fuse-overlayfs is the peer
 # in benchmarks; git and attr are used by tests and benchmarks; docker-registry (the CNCF
-# distribution server), skopeo, apache2-utils (htpasswd) and openssl serve the registry tests.
+# distribution server), skopeo, umoci, apache2-utils (htpasswd) and openssl serve the image and
+# registry tests (real tools writing OCI layouts, docker archives and registries).
 PACKAGES="fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr util-linux git
-  fuse-overlayfs docker-registry skopeo apache2-utils openssl"
+  fuse-overlayfs docker-registry skopeo umoci apache2-utils openssl"
 missing=""
 for pkg in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
