@@ -30,7 +30,7 @@ class Node:
     """One inode of the merged view."""
 
     __slots__ = ("aliases", "data_gen", "dir_layers", "fd", "ino", "is_dir", "keys", "layer",
-                 "listing", "lookups", "name", "opens", "origin", "parent", "st")
+                 "listing", "lookups", "name", "opens", "origin", "parent", "reply", "st")
 
     def __init__(self, ino: int, parent: Node | None, name: bytes, layer: int,
                  dir_layers: tuple[int, ...], is_dir: bool) -> None:
@@ -58,6 +58,9 @@ class Node:
         layers never change, the upper only changes through us)."""
         self.listing: list[tuple[bytes, Resolved]] | None = None
         """Cached merged listing of a directory; dropped when its entries change."""
+        self.reply: tuple[os.stat_result, int, object] | None = None
+        """The FUSE adapter's last attribute reply, valid while ``st`` and the link count
+        it was made from are unchanged (the adapter checks)."""
 
     def __repr__(self) -> str:
         return f"Node(ino={self.ino}, path={self.path()!r}, layer={self.layer})"

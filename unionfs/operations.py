@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from contextlib import suppress
 from types import TracebackType
-from typing import Literal
+from typing import Literal, cast
 
 import pyfuse3
 
@@ -91,8 +91,14 @@ class Operations(pyfuse3.Operations):
         # The names of a lower hardlink are not cached by the kernel: it then looks the name
         # up before each use, which tells us which name an inode-only request (open for
         # writing, chmod, ...) came through, so copy-up picks the same name as the kernel.
+        attr = self.tree.attr(node, st)
+        cached = node.reply
+        if cached is not None and cached[0] is attr.st and cached[1] == attr.nlink:
+            return cast(pyfuse3.EntryAttributes, cached[2])
         entry_timeout = 0.0 if node.origin is not None else None
-        return entry_attributes(self.tree.attr(node, st), self.timeout, entry_timeout)
+        entry = entry_attributes(attr, self.timeout, entry_timeout)
+        node.reply = (attr.st, attr.nlink, entry)
+        return entry
 
     def _new_entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.tree.remember(node)
