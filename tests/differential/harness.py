@@ -70,11 +70,15 @@ class Failure(NamedTuple):
 
 
 def op_paths(ops: Sequence[Op]) -> list[str]:
-    out = []
+    """Every path the ops name (looking inside wrappers such as AsUser)."""
+    out: list[str] = []
     for op in ops:
         for f in dataclasses.fields(op):
+            value = getattr(op, f.name)
             if f.name in ("path", "src", "dst"):
-                out.append(getattr(op, f.name))
+                out.append(value)
+            elif isinstance(value, Op):
+                out.extend(op_paths([value]))
     return out
 
 
