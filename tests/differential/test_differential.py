@@ -168,6 +168,44 @@ def test_planted_layer_difference_is_found(tmp_path: Path) -> None:
     assert out.failures[0].difference.field == "xattrs"
 
 
+class UpperTampering(KernelOverlay):
+    """A kernel overlay that, once unmounted, leaves an extra xattr on its upper's files: only
+    the cross-mount stage (each side's upper read by the other mounter) can see that."""
+
+    def mount(self, lowers: list[str], upper: str, work: str, mnt: str) -> Mounted:
+        inner = super().mount(lowers, upper, work, mnt)
+
+        class Tampered:
+            def alive(self) -> bool:
+                return inner.alive()
+
+            def abort(self) -> None:
+                inner.abort()
+
+            def unmount(self) -> str | None:
+                problem = inner.unmount()
+                for dirpath, _, files in os.walk(upper):
+                    for name in files:
+                        path = os.path.join(dirpath, name)
+                        if stat.S_ISREG(os.lstat(path).st_mode):
+                            os.setxattr(path, "user.planted", b"1")
+                return problem
+
+        return Tampered()
+
+
+@needs_root
+@needs_overlay
+@pytest.mark.root
+def test_planted_upper_difference_is_found_by_the_cross_mount(tmp_path: Path) -> None:
+    cases = [make_case(s, CI_OPS) for s in range(20)]
+    out = run_campaign(cases, KernelOverlay(), UpperTampering(name="tampered-upper"),
+                       max_failures=1, shrink_failures=False, workdir=str(tmp_path))
+    assert out.failures, "the planted upper xattr went unnoticed"
+    assert out.failures[0].stage == "cross-b"
+    assert out.failures[0].difference.field == "xattrs"
+
+
 # -- the real thing -----------------------------------------------------------------------------
 
 @needs_root
