@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .harness import Batch, Case, Failure, make_case
-from .mounts import KernelOverlay, Mounter, Unionfs
+from .mounts import KernelOverlay, Mounter, MountError, Unionfs
 from .report import format_failure
 from .shrink import shrink
 
@@ -130,12 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = [c.with_ops(keep) for c in cases]
     b: Mounter = Unionfs() if args.against == "unionfs" else KernelOverlay(name="kernel-b")
     kernel = KernelOverlay()
-    out = run_campaign(
-        cases, kernel, b, batch_size=args.batch,
-        shrink_failures=not args.no_shrink, max_failures=args.max_failures,
-        probes=not args.no_probes, workdir=args.workdir, log=True,
-        ignore=frozenset(args.ignore), cross=not args.no_cross,
-    )
+    try:
+        out = run_campaign(
+            cases, kernel, b, batch_size=args.batch,
+            shrink_failures=not args.no_shrink, max_failures=args.max_failures,
+            probes=not args.no_probes, workdir=args.workdir, log=True,
+            ignore=frozenset(args.ignore), cross=not args.no_cross,
+        )
+    except MountError as exc:
+        print(f"difftest: cannot mount: {exc}", file=sys.stderr)
+        return 2
     flags = "".join(f" --ignore {f}" for f in args.ignore)
     flags += " --no-wh-names" if args.no_wh_names else ""
     flags += " --no-hardlinks" if args.no_hardlinks else ""
