@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = "".join(f" --ignore {f}" for f in args.ignore)
     flags += " --no-wh-names" if args.no_wh_names else ""
     flags += " --no-hardlinks" if args.no_hardlinks else ""
+    flags += " --no-cross" if args.no_cross else ""
     for failure in out.failures:
         print(format_failure(failure, nops=args.ops, against=args.against, flags=flags),
               flush=True)
