@@ -30,7 +30,8 @@ class Node:
     """One inode of the merged view."""
 
     __slots__ = ("aliases", "data_gen", "dir_layers", "fd", "ino", "is_dir", "keys", "layer",
-                 "listing", "lookups", "name", "opens", "origin", "parent", "reply", "st")
+                 "listing", "lookups", "misses", "name", "opens", "origin", "parent", "reply",
+                 "st")
 
     def __init__(self, ino: int, parent: Node | None, name: bytes, layer: int,
                  dir_layers: tuple[int, ...], is_dir: bool) -> None:
@@ -56,8 +57,10 @@ class Node:
         self.st: os.stat_result | None = None
         """Cached lstat of the data; dropped by every change made through the mount (lower
         layers never change, the upper only changes through us)."""
-        self.listing: list[tuple[bytes, Resolved]] | None = None
+        self.listing: dict[bytes, Resolved] | None = None
         """Cached merged listing of a directory; dropped when its entries change."""
+        self.misses = 0
+        """Lookups of names this directory does not show (a PATH-like search)."""
         self.reply: tuple[os.stat_result, int, object] | None = None
         """The FUSE adapter's last attribute reply, valid while ``st`` and the link count
         it was made from are unchanged (the adapter checks)."""

@@ -24,6 +24,10 @@ from unionfs.whiteout import proc_path
 
 log = logging.getLogger(__name__)
 
+LISTING_AFTER_MISSES = 4
+"""After this many lookups of missing names in a directory, its merged listing is read once and
+answers every later lookup there (a PATH search looks for many names in few directories)."""
+
 
 def oserror(code: int, what: bytes | str = "") -> OSError:
     return OSError(code, os.strerror(code), what)
@@ -72,6 +76,8 @@ class Tree:
             self.work = WorkDir(spec.work)
             self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync)
             self.index = HardlinkIndex(self.work.fd)
+        self.name_max = min(os.fstatvfs(layer.fd).f_namemax for layer in layers)
+        """The longest name every layer can hold (longer ones are ENAMETOOLONG, as below)."""
         self.changes = 0
         """Counts namespace changes, so stale directory snapshots can be noticed."""
         self.stale: set[int] = set()
@@ -120,8 +126,16 @@ class Tree:
             return parent
         if name == b"..":
             return parent.parent or self.root
-        found = self.resolve(parent, name)
+        if len(name) > self.name_max:
+            raise oserror(errno.ENAMETOOLONG, name)
+        if parent.listing is None and parent.misses >= LISTING_AFTER_MISSES:
+            self.list_dir(parent)
+        if parent.listing is not None:
+            found = parent.listing.get(name)
+        else:
+            found = self.resolve(parent, name)
         if found is None:
+            parent.misses += 1
             raise oserror(errno.ENOENT, name)
         return self.node_for(parent, name, found)
 
@@ -220,9 +234,9 @@ class Tree:
         if not node.is_dir:
             raise oserror(errno.ENOTDIR)
         if node.listing is not None:
-            return node.listing, False
-        node.listing = list(self.stack.list_dir(node.dir_layers, node.path()).items())
-        return node.listing, True
+            return list(node.listing.items()), False
+        node.listing = self.stack.list_dir(node.dir_layers, node.path())
+        return list(node.listing.items()), True
 
     def statvfs(self) -> os.statvfs_result:
         return os.statvfs(self.layers[0].fd)

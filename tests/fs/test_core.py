@@ -315,3 +315,22 @@ def test_xattrs_of_the_root_directory(make_union) -> None:  # type: ignore[no-un
     assert u.fs.xattrs.get(root, b"user.rootattr") == b"1"
     assert b"user.rootattr" in u.fs.xattrs.list(root)
     assert os.getxattr(u.upper, "user.rootattr") == b"1"
+
+
+def test_many_misses_use_the_listing_and_it_stays_current(make_union) -> None:  # type: ignore[no-untyped-def]
+    u = make_union({"bin/": Dir(), "bin/ls": b""}, {"bin/cat": b""})
+    bin_ = u.node("bin")
+    for name in (b"a", b"b", b"c", b"d", b"e", b"f"):
+        with pytest.raises(FileNotFoundError):
+            u.tree.lookup(bin_, name)
+    assert bin_.listing is not None  # later lookups here cost no syscalls
+    assert u.tree.lookup(bin_, b"cat").is_dir is False
+    _, fd = u.fs.names.create(bin_, b"new", 0o755, os.O_WRONLY, ROOT)
+    os.close(fd)
+    assert u.tree.lookup(bin_, b"new") is not None
+    u.fs.names.unlink(bin_, b"ls")
+    with pytest.raises(FileNotFoundError):
+        u.tree.lookup(bin_, b"ls")
+    with pytest.raises(OSError) as exc:
+        u.tree.lookup(bin_, b"x" * 300)
+    assert exc.value.errno == errno.ENAMETOOLONG
