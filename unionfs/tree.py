@@ -202,6 +202,7 @@ class Tree:
         """Entries of directory ``node`` changed (and so did its times)."""
         node.st = None
         node.listing = None
+        node.misses = 0  # a directory being filled up is not searched: no listing yet
         self.changes += 1
 
     def attr(self, node: Node, st: os.stat_result | None = None) -> Attr:
