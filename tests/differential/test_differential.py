@@ -46,8 +46,10 @@ CROSS_SEEDS = range(1000, 1200)
 CI_OPS = 30
 
 
-def campaign_report(failures: Sequence[Failure], problems: Sequence[str], against: str) -> str:
-    parts = [format_failure(f, nops=CI_OPS, against=against) for f in failures]
+def campaign_report(failures: Sequence[Failure], problems: Sequence[str], against: str,
+                    flags: str = "") -> str:
+    """The reproducers; ``flags`` are the difftest.py options that select the same cases."""
+    parts = [format_failure(f, nops=CI_OPS, against=against, flags=flags) for f in failures]
     return "\n\n".join([*parts, *problems])
 
 
@@ -228,7 +230,8 @@ def test_unionfs_matches_kernel(tmp_path: Path) -> None:
     out = run_campaign(cases, KernelOverlay(), Unionfs(), max_failures=3,
                        workdir=str(tmp_path), cross=False)
     if out.failures or out.problems:
-        pytest.fail(campaign_report(out.failures, out.problems, "unionfs"), pytrace=False)
+        pytest.fail(campaign_report(out.failures, out.problems, "unionfs", " --no-cross"),
+                    pytrace=False)
 
 
 @needs_root
@@ -246,4 +249,5 @@ def test_each_reads_the_others_upper(tmp_path: Path) -> None:
     out = run_campaign(cases, KernelOverlay(), Unionfs(), max_failures=3,
                        workdir=str(tmp_path), cross=True)
     if out.failures or out.problems:
-        pytest.fail(campaign_report(out.failures, out.problems, "unionfs"), pytrace=False)
+        pytest.fail(campaign_report(out.failures, out.problems, "unionfs", " --no-hardlinks"),
+                    pytrace=False)
