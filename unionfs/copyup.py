@@ -26,13 +26,12 @@ class WorkDir:
     """``<workdir>/work``: the scratch directory for atomic builds, emptied at every mount."""
 
     def __init__(self, workdir: bytes) -> None:
-        base = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(b"work", 0o700, dir_fd=base)
-            self.fd = os.open(b"work", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base)
-        finally:
-            os.close(base)
+        self.base_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        """The workdir itself (the hardlink index lives in ``index/`` there)."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(b"work", 0o700, dir_fd=self.base_fd)
+        self.fd = os.open(b"work", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                          dir_fd=self.base_fd)
         self.path = os.path.join(workdir, b"work")
         self._names = itertools.count(1)
         self.recover()
@@ -55,6 +54,7 @@ class WorkDir:
 
     def close(self) -> None:
         os.close(self.fd)
+        os.close(self.base_fd)
 
 
 def copy_xattrs(src: bytes, dst: bytes, fmt: WhiteoutFormat, follow: bool = False) -> None:

@@ -178,6 +178,8 @@ class InodeTable:
         node.origin = self.origin_of.get(key)
         self.nodes[ino] = node
         self._register(node, key)
+        if node.origin is not None:
+            self._register(node, node.origin)
         return node
 
     def add_key(self, node: Node, key: Key) -> None:

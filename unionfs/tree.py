@@ -75,7 +75,7 @@ class Tree:
         if spec.writable and spec.work is not None:
             self.work = WorkDir(spec.work)
             self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync)
-            self.index = HardlinkIndex(self.work.fd)
+            self.index = HardlinkIndex(self.work.base_fd, self.fmt, layers[1:])
         self.name_max = min(os.fstatvfs(layer.fd).f_namemax for layer in layers)
         """The longest name every layer can hold (longer ones are ENAMETOOLONG, as below)."""
         self.changes = 0
@@ -85,6 +85,8 @@ class Tree:
         becomes a merge: its link count changes); the FUSE adapter invalidates them."""
         devices = tuple(dict.fromkeys(layer.dev for layer in layers))
         self.table = InodeTable(InoPolicy(devices))
+        if self.index is not None:
+            self.table.origin_of.update(self.index.origins)
         root = self.stack.root()
         self.root = self.table.add_root(root.layer, root.dir_layers, key_of(root.st))
 
@@ -143,12 +145,20 @@ class Tree:
         """The node of a resolved entry: the known one for its identity, or a new one."""
         key = key_of(found.st)
         node = self.table.find(key)
+        origin = self.table.origin_of.get(key)
+        if node is None and origin is not None:
+            # The upper copy of a lower hardlink: one inode with the lower names.
+            node = self.table.find(origin)
+            if node is not None:
+                self.table.add_key(node, key)
         if node is None:
             node = self.table.new_node(key, parent, name, found.layer, found.dir_layers,
                                        found.is_dir)
-            if (not found.is_dir and found.st.st_nlink > 1
+            if (node.origin is None and not found.is_dir and found.st.st_nlink > 1
                     and not self.stack.is_upper(found.layer)):
-                self._attach_hardlink(node, key)
+                node.origin = key
+            if node.origin is not None:
+                self._attach_hardlink(node)
             return node
         if node.is_dir:
             if node.parent is not parent or node.name != name:
@@ -168,11 +178,11 @@ class Tree:
                 node.make_primary(parent, name)
         return node
 
-    def _attach_hardlink(self, node: Node, key: Key) -> None:
-        """A lower hardlink: if the index holds its upper copy, that copy is its data."""
-        node.origin = key
-        if self.index is not None and key in self.index:
-            node.fd = self.index.open(key)
+    def _attach_hardlink(self, node: Node) -> None:
+        """A lower hardlink (or an upper copy of one): if the index holds its upper copy,
+        that copy is its data, whichever of its names reaches it."""
+        if self.index is not None and node.origin is not None and node.origin in self.index:
+            node.fd = self.index.open(node.origin)
             node.layer = 0
 
     def remember(self, node: Node) -> Node:
@@ -290,7 +300,7 @@ class Tree:
             node.dir_layers = (0, *node.dir_layers)
             self.stale.add(node.ino)
         elif node.origin is not None and lower_st is not None and self.index is not None:
-            self.index.add(node.origin, self.upper.fd, rel, lower_st.st_nlink)
+            self._index(node.origin, src, rel, lower_st.st_nlink)
             self.table.origin_of[key_of(st)] = node.origin
             node.fd = self.index.open(node.origin)  # its names may change; its data stays
         node.layer = 0
@@ -306,7 +316,7 @@ class Tree:
         lower_st = self.layers[layer].lstat(rel)
         assert lower_st is not None
         st = copier.copy(self.layers[layer], rel)
-        self.index.add(node.origin, self.upper.fd, rel, lower_st.st_nlink)
+        self._index(node.origin, self.layers[layer], rel, lower_st.st_nlink)
         self.table.origin_of[key_of(st)] = node.origin
         self.table.add_key(node, key_of(st))
         if node.fd is None:
@@ -314,6 +324,14 @@ class Tree:
         node.layer = 0
         node.data_gen += 1
         self.dir_changed(parent)
+
+    def _index(self, key: Key, lower: Layer, rel: bytes, nlink: int) -> None:
+        assert self.index is not None
+        lower_fd = lower.open(rel, os.O_PATH)
+        try:
+            self.index.add(key, lower_fd, self.upper.fd, rel, nlink)
+        finally:
+            os.close(lower_fd)
 
     def make_data_writable(self, node: Node, with_data: bool = True,
                            link_up: bool = True) -> None:
