@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class Watchdog:
         self.seconds = seconds
         self.fired = False
         self.steps = 0
+        self.delay = 0.0
 
     def fire(self) -> None:
         self.fired = True
@@ -136,10 +138,13 @@ class Batch:
     (an upper written by one implementation reads back identically through the other)."""
 
     def __init__(self, a: Mounter, b: Mounter, workdir: str | None = None,
-                 ignore: frozenset[str] = frozenset(), *, cross: bool = False) -> None:
+                 ignore: frozenset[str] = frozenset(), *, cross: bool = False,
+                 delay: float = 0.0) -> None:
         self.mounters = (a, b)
         self.workdir = workdir
         self.ignore = ignore
+        self.delay = delay
+        """Seconds to wait before each op (lets the kernel's FUSE caches expire; off in CI)."""
         self.cross = cross
         self.problems: list[str] = []
         """Teardown problems (unclean unmount, bad exit status): the runner reports them."""
@@ -162,7 +167,8 @@ class Batch:
                 prepare(side, cases)
             results: list[CaseResult] = []
             with self.mounted(sides) as mounts:
-                dog = Watchdog(mounts, STEP_TIMEOUT)
+                dog = Watchdog(mounts, STEP_TIMEOUT + self.delay)
+                dog.delay = self.delay
                 for k, case in enumerate(cases):
                     results.append(run_case(case, f"c{k}", sides, probes, self.ignore, dog))
                     self.steps += dog.steps
@@ -265,6 +271,8 @@ def run_case(case: Case, label: str, sides: list[Side], probes: bool,
         if d:
             return fail(-1, "initial", d)
         for step, op in enumerate(case.ops):
+            if dog.delay:
+                time.sleep(dog.delay)
             with dog.step():
                 oa, ob = op.run(a), op.run(b)
                 d = compare() if oa == ob else None

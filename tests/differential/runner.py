@@ -49,10 +49,10 @@ def run_campaign(
     cases: Sequence[Case], a: Mounter, b: Mounter, *, batch_size: int = 100,
     shrink_failures: bool = True, max_failures: int = 10, probes: bool = True,
     workdir: str | None = None, log: bool = False, ignore: frozenset[str] = frozenset(),
-    cross: bool = True,
+    cross: bool = True, delay: float = 0.0,
 ) -> Outcome:
     start = time.monotonic()
-    runner = Batch(a, b, workdir, ignore, cross=cross)
+    runner = Batch(a, b, workdir, ignore, cross=cross, delay=delay)
     out = Outcome(cases=len(cases))
     for group in batches(cases, batch_size):
         for failure in runner.run(group, probes=probes):
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable")
     p.add_argument("--no-hardlinks", action="store_true",
                    help="no hardlinks in the generated layers (ops may still make some)")
+    p.add_argument("--step-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="wait before each op so the kernel's FUSE entry/attr caches expire "
+                        "(replays timing-dependent differences; slow)")
     p.add_argument("--workdir", default=None, help="where the layer copies go (default /tmp)")
     return p
 
@@ -136,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shrink_failures=not args.no_shrink, max_failures=args.max_failures,
             probes=not args.no_probes, workdir=args.workdir, log=True,
             ignore=frozenset(args.ignore), cross=not args.no_cross,
+            delay=args.step_delay,
         )
     except MountError as exc:
         print(f"difftest: cannot mount: {exc}", file=sys.stderr)
@@ -144,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags += " --no-wh-names" if args.no_wh_names else ""
     flags += " --no-hardlinks" if args.no_hardlinks else ""
     flags += " --no-cross" if args.no_cross else ""
+    flags += f" --step-delay {args.step_delay}" if args.step_delay else ""
     for failure in out.failures:
         print(format_failure(failure, nops=args.ops, against=args.against, flags=flags),
               flush=True)
