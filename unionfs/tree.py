@@ -224,8 +224,8 @@ class Tree:
                 nlink = 1  # as the kernel: counting subdirectories of a merge is not worth it
         elif node.origin is not None and self.index is not None and node.origin in self.index:
             nlink = self.index.nlink(node.origin) or 0  # names the merged view still shows
-        elif node.parent is None:
-            nlink = 0
+        # An unlinked file shows its real inode's count, as the kernel does: 0 for an upper
+        # file, still 1 for a lower file that a whiteout now hides.
         return Attr(node.ino, st, nlink)
 
     def locate(self, node: Node) -> tuple[bytes, bool]:
