@@ -83,3 +83,15 @@ def test_command_line_errors_have_no_traceback(dirs: Path) -> None:
                           str(dirs / "m")], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr == "unionfs: lowerdir '/nonexistent' does not exist\n"
+
+
+def test_missing_dev_fuse_is_one_clear_line(dirs: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import unionfs.mount
+
+    real_exists = os.path.exists
+    monkeypatch.setattr(unionfs.mount.os.path, "exists",
+                        lambda p: False if p == "/dev/fuse" else real_exists(p))
+    assert main(["-f", "-o", f"lowerdir={dirs}/l1", str(dirs / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("unionfs: /dev/fuse does not exist") and err.count("\n") == 1
