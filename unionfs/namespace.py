@@ -1,5 +1,5 @@
-"""Operations that add, remove or move names: create, mkdir, mknod, symlink, link, unlink,
-rmdir, rename.
+"""Operations that add or remove names: create, mkdir, mknod, symlink, link, unlink, rmdir
+(and rename, which lives in ``renames``).
 
 Each follows kernel overlayfs: the parent is copied up first; a new entry is built in the work
 dir with the caller's ownership and renamed into place (over a whiteout if one is there, and a
@@ -20,7 +20,8 @@ from unionfs import whiteout
 from unionfs.layers import join
 from unionfs.merge import Resolved
 from unionfs.nodes import Node
-from unionfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from unionfs.renames import Renames
+from unionfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from unionfs.tree import Caller, Tree, key_of, oserror
 
 Builder = Callable[[bytes], None]
@@ -32,6 +33,12 @@ class Namespace:
 
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
+        self._renames = Renames(self)
+
+    def rename(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes,
+               flags: int) -> None:
+        """rename(2) and renameat2(2) with RENAME_NOREPLACE or RENAME_EXCHANGE."""
+        self._renames.rename(old_parent, old_name, new_parent, new_name, flags)
 
     # -- creation -----------------------------------------------------------------------------
 
@@ -63,7 +70,7 @@ class Namespace:
             os.chown(tmp, uid, gid, dir_fd=work.fd, follow_symlinks=False)
             if not stat.S_ISLNK(os.stat(tmp, dir_fd=work.fd, follow_symlinks=False).st_mode):
                 os.chmod(tmp, mode, dir_fd=work.fd)
-            over_whiteout = self._has_whiteout(prel, name)
+            over_whiteout = self.has_whiteout(prel, name)
             # Over a whiteout a new directory must hide what is below; in a merged parent the
             # kernel marks it opaque too, sparing later lookups the lower layers.
             if is_dir and (over_whiteout or len(parent.dir_layers) > 1):
@@ -78,7 +85,7 @@ class Namespace:
         node = tree.table.new_node(key_of(st), parent, name, 0, (0,) if is_dir else (), is_dir)
         return node, tmp
 
-    def _has_whiteout(self, prel: bytes, name: bytes) -> bool:
+    def has_whiteout(self, prel: bytes, name: bytes) -> bool:
         upper = self.tree.upper
         st = upper.lstat(join(prel, name))
         if st is not None:
@@ -109,7 +116,7 @@ class Namespace:
         tree = self.tree
         tree.require_writable()
         prel = tree.upper_dir(parent)
-        if tree.fmt.dot_wh or self._has_whiteout(prel, name):
+        if tree.fmt.dot_wh or self.has_whiteout(prel, name):
             node, fd = self._create_via_work(parent, name, mode, caller)
         else:
             node, fd = self._create_in_place(parent, join(prel, name), name, mode, caller)
@@ -189,7 +196,7 @@ class Namespace:
         prel = tree.upper_dir(parent)
         rel = join(prel, name)
         src = node.path() if node.fd is None else b"/proc/self/fd/%d" % node.fd
-        over_whiteout = self._has_whiteout(prel, name)
+        over_whiteout = self.has_whiteout(prel, name)
         work, ufd = copier.work, tree.upper.fd
         if over_whiteout:
             tmp = work.temp_name()
@@ -215,7 +222,7 @@ class Namespace:
 
     # -- removal ------------------------------------------------------------------------------
 
-    def _existing(self, parent: Node, name: bytes) -> tuple[Resolved, Node]:
+    def existing(self, parent: Node, name: bytes) -> tuple[Resolved, Node]:
         found = self.tree.resolve(parent, name)
         if found is None:
             raise oserror(errno.ENOENT, name)
@@ -224,15 +231,15 @@ class Namespace:
     def unlink(self, parent: Node, name: bytes) -> Node:
         tree = self.tree
         tree.require_writable()
-        found, node = self._existing(parent, name)
+        found, node = self.existing(parent, name)
         if found.is_dir:
             raise oserror(errno.EISDIR, name)
-        found = self._index_before_unlink(parent, name, found, node)
+        found = self.index_before_unlink(parent, name, found, node)
         self._remove(parent, name, found, node)
         tree.count_link(node, -1)
         return node
 
-    def _index_before_unlink(self, parent: Node, name: bytes, found: Resolved,
+    def index_before_unlink(self, parent: Node, name: bytes, found: Resolved,
                              node: Node) -> Resolved:
         """A lower hardlink losing a name is copied up under that name and indexed first, so
         its other names keep one inode and the right count (the kernel does so with index=on).
@@ -248,7 +255,7 @@ class Namespace:
     def rmdir(self, parent: Node, name: bytes) -> Node:
         tree = self.tree
         tree.require_writable()
-        found, node = self._existing(parent, name)
+        found, node = self.existing(parent, name)
         if not found.is_dir:
             raise oserror(errno.ENOTDIR, name)
         rel = join(parent.path(), name)
@@ -268,22 +275,22 @@ class Namespace:
         tree.changed(node)
         if tree.stack.is_upper(found.layer):
             if found.is_dir:
-                self._clear_whiteouts(rel)
+                self.clear_whiteouts(rel)
             self._remove_upper(prel, name, found.is_dir, needs_whiteout)
             if found.st.st_nlink <= 1 or found.is_dir:
                 tree.table.drop_key(node, key_of(found.st))
         else:
-            self._whiteout_at(prel, name)
+            self.whiteout_at(prel, name)
         node.drop_link(parent, name)
 
-    def _whiteout_at(self, prel: bytes, name: bytes) -> None:
+    def whiteout_at(self, prel: bytes, name: bytes) -> None:
         fd = self.tree.upper.open_dir(prel)
         try:
             whiteout.make_whiteout(fd, name, self.tree.fmt)
         finally:
             os.close(fd)
 
-    def _unwhiteout_at(self, prel: bytes, name: bytes) -> None:
+    def unwhiteout_at(self, prel: bytes, name: bytes) -> None:
         fd = self.tree.upper.open_dir(prel)
         try:
             whiteout.remove_whiteout(fd, name, self.tree.fmt)
@@ -299,7 +306,7 @@ class Namespace:
             return
         if tree.fmt.dot_wh:
             (os.rmdir if is_dir else os.unlink)(rel, dir_fd=ufd)
-            self._whiteout_at(prel, name)
+            self.whiteout_at(prel, name)
             return
         work = tree.require_writable().work
         tmp = work.temp_name()
@@ -310,134 +317,8 @@ class Namespace:
         else:
             os.rename(tmp, rel, src_dir_fd=work.fd, dst_dir_fd=ufd)
 
-    def _clear_whiteouts(self, rel: bytes) -> None:
+    def clear_whiteouts(self, rel: bytes) -> None:
         """Empty an upper directory whose merged view is empty (only markers are left)."""
         upper = self.tree.upper
         for entry in list(upper.scandir(rel)):
             os.unlink(join(rel, entry.name), dir_fd=upper.fd)
-
-    # -- rename -------------------------------------------------------------------------------
-
-    def rename(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes,
-               flags: int) -> None:
-        tree = self.tree
-        tree.require_writable()
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
-            raise oserror(errno.EINVAL)
-        src, src_node = self._existing(old_parent, old_name)
-        if flags & RENAME_EXCHANGE:
-            if flags & RENAME_NOREPLACE:
-                raise oserror(errno.EINVAL)
-            self._exchange(old_parent, old_name, src, src_node, new_parent, new_name)
-            return
-        dst = tree.resolve(new_parent, new_name)
-        if src.is_dir and not self._movable(src):
-            raise oserror(errno.EXDEV, old_name)
-        dst_node: Node | None = None
-        if dst is not None:
-            if flags & RENAME_NOREPLACE:
-                raise oserror(errno.EEXIST, new_name)
-            if key_of(dst.st) == key_of(src.st):
-                return
-            if src.is_dir and not dst.is_dir:
-                raise oserror(errno.ENOTDIR, new_name)
-            if not src.is_dir and dst.is_dir:
-                raise oserror(errno.EISDIR, new_name)
-            if dst.is_dir and not tree.stack.is_empty_dir(
-                    dst.dir_layers, join(new_parent.path(), new_name)):
-                raise oserror(errno.ENOTEMPTY, new_name)
-            dst_node = tree.node_for(new_parent, new_name, dst)
-            if not dst.is_dir:
-                dst = self._index_before_unlink(new_parent, new_name, dst, dst_node)
-        tree.copy_up_as(src_node, old_parent, old_name)
-        oprel = tree.upper_dir(old_parent)
-        nprel = tree.upper_dir(new_parent)
-        self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent, new_parent)
-        src_node.move_link(old_parent, old_name, new_parent, new_name)
-        tree.changed(src_node)
-
-    def _movable(self, found: Resolved) -> bool:
-        """Directories that draw from a lower layer stay where they are (no redirect_dir)."""
-        return not found.is_dir or (self.tree.stack.is_upper(found.layer)
-                                    and len(found.dir_layers) == 1)
-
-    def _exchange(self, old_parent: Node, old_name: bytes, src: Resolved, src_node: Node,
-                  new_parent: Node, new_name: bytes) -> None:
-        """renameat2(RENAME_EXCHANGE): both names stay taken, so no whiteout is needed."""
-        tree = self.tree
-        dst, dst_node = self._existing(new_parent, new_name)
-        if not (self._movable(src) and self._movable(dst)):
-            raise oserror(errno.EXDEV)
-        if key_of(src.st) == key_of(dst.st):
-            return
-        tree.copy_up_as(src_node, old_parent, old_name)
-        tree.copy_up_as(dst_node, new_parent, new_name)
-        oprel, nprel = tree.upper_dir(old_parent), tree.upper_dir(new_parent)
-        old, new = join(oprel, old_name), join(nprel, new_name)
-        ufd = tree.upper.fd
-        for found, path, parent in ((src, old, new_parent), (dst, new, old_parent)):
-            if found.is_dir and len(parent.dir_layers) > 1 and not whiteout.is_opaque(
-                    ufd, path, tree.fmt):
-                whiteout.set_opaque(ufd, path, tree.fmt)
-        renameat2(ufd, old, ufd, new, RENAME_EXCHANGE)
-        for node in (old_parent, new_parent):
-            tree.dir_changed(node)
-        for node in (src_node, dst_node):
-            tree.changed(node)
-        src_node.move_link(old_parent, old_name, new_parent, new_name)
-        dst_node.move_link(new_parent, new_name, old_parent, old_name)
-
-    def _move(self, src: Resolved, dst: Resolved | None, dst_node: Node | None, oprel: bytes,
-              old_name: bytes, nprel: bytes, new_name: bytes, old_parent: Node,
-              new_parent: Node) -> None:
-        tree = self.tree
-        ufd = tree.upper.fd
-        old, new = join(oprel, old_name), join(nprel, new_name)
-        needs_whiteout = tree.stack.lower_positive(old_parent.dir_layers, oprel, old_name)
-        dst_is_whiteout = dst is None and self._has_whiteout(nprel, new_name)
-        tree.dir_changed(old_parent)
-        tree.dir_changed(new_parent)
-        if dst is not None and dst_node is not None:
-            tree.changed(dst_node)
-            tree.detach(dst_node, new_parent, new_name, dst.layer)
-            if dst.is_dir and tree.stack.is_upper(dst.layer):
-                self._clear_whiteouts(new)
-        if src.is_dir and len(new_parent.dir_layers) > 1 and not whiteout.is_opaque(
-                ufd, old, tree.fmt):
-            whiteout.set_opaque(ufd, old, tree.fmt)
-        if tree.fmt.dot_wh:
-            self._move_dot_wh(old, new, oprel, old_name, nprel, new_name, needs_whiteout,
-                              dst_is_whiteout)
-        elif needs_whiteout and dst_is_whiteout:
-            renameat2(ufd, old, ufd, new, RENAME_EXCHANGE)
-        elif needs_whiteout:
-            self._rename_whiteout(old, new, oprel, old_name)
-        elif src.is_dir and dst_is_whiteout:
-            renameat2(ufd, old, ufd, new, RENAME_EXCHANGE)
-            os.unlink(old, dir_fd=ufd)
-        else:
-            os.rename(old, new, src_dir_fd=ufd, dst_dir_fd=ufd)
-        if dst is not None and dst_node is not None:
-            if tree.stack.is_upper(dst.layer) and (dst.is_dir or dst.st.st_nlink <= 1):
-                tree.table.drop_key(dst_node, key_of(dst.st))
-            dst_node.drop_link(new_parent, new_name)
-            tree.count_link(dst_node, -1)
-
-    def _rename_whiteout(self, old: bytes, new: bytes, oprel: bytes, old_name: bytes) -> None:
-        ufd = self.tree.upper.fd
-        try:
-            renameat2(ufd, old, ufd, new, RENAME_WHITEOUT)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EPERM):
-                raise
-            os.rename(old, new, src_dir_fd=ufd, dst_dir_fd=ufd)
-            self._whiteout_at(oprel, old_name)
-
-    def _move_dot_wh(self, old: bytes, new: bytes, oprel: bytes, old_name: bytes, nprel: bytes,
-                     new_name: bytes, needs_whiteout: bool, dst_is_whiteout: bool) -> None:
-        ufd = self.tree.upper.fd
-        os.rename(old, new, src_dir_fd=ufd, dst_dir_fd=ufd)
-        if dst_is_whiteout:
-            self._unwhiteout_at(nprel, new_name)
-        if needs_whiteout:
-            self._whiteout_at(oprel, old_name)
