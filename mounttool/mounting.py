@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from mounttool.errors import MountToolError
+from unionfs.launch import wait_ready
 
 READY_TIMEOUT = 60.0
 
@@ -57,7 +56,7 @@ def mount(lowers: list[Path], upper: Path | None, work: Path | None, mnt: Path,
         finally:
             os.close(w)
         try:
-            ready = _wait_ready(r, timeout)
+            ready = wait_ready(r, timeout)
         finally:
             os.close(r)
         if ready:
@@ -71,23 +70,6 @@ def mount(lowers: list[Path], upper: Path | None, work: Path | None, mnt: Path,
         lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
         why = lines[-1] if lines else f"exit status {proc.returncode}"
         raise MountToolError(f"mounting {mnt} failed: {why}")
-
-
-def _wait_ready(fd: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        readable, _, _ = select.select([fd], [], [], left)
-        if not readable:
-            return False
-        chunk = os.read(fd, 256)
-        if not chunk:
-            return bool(buf)
-        buf += chunk
-    return True
 
 
 def umount(mnt: Path) -> None:

@@ -8,13 +8,14 @@ and waits (select, no sleeps) until it reports the mount live; leaving the block
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from unionfs.launch import wait_ready
 
 READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
@@ -49,11 +50,10 @@ def unionfs_mount(mnt: Path, lowers: Sequence[Path], upper: Path | None = None,
     proc = subprocess.Popen(cmd, pass_fds=(write_fd,), stderr=subprocess.PIPE)
     os.close(write_fd)
     try:
-        ready, _, _ = select.select([read_fd], [], [], READY_TIMEOUT)
-        line = os.read(read_fd, 64) if ready else b""
+        ready = wait_ready(read_fd, READY_TIMEOUT)
     finally:
         os.close(read_fd)
-    if not line:
+    if not ready:
         proc.kill()
         _, err = proc.communicate(timeout=EXIT_TIMEOUT)
         raise RuntimeError(f"unionfs did not come up: {err.decode(errors='replace')}")
