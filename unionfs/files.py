@@ -31,6 +31,9 @@ class Handle:
     kill_priv: bool
     """The opener cannot keep set-ID bits: the first write clears them."""
     written: bool = field(default=False)
+    link: tuple[Node | None, bytes] = (None, b"")
+    """The name the file was opened by: a change made through this handle (ftruncate,
+    fchmod, ...) is the kernel's change of that name."""
 
     @property
     def writable(self) -> bool:
@@ -70,6 +73,7 @@ class Files:
         self._next_fh = 1
 
     def _add(self, handle: Handle) -> int:
+        handle.link = (handle.node.parent, handle.node.name)
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = handle
@@ -155,6 +159,8 @@ class Files:
     def setattr(self, node: Node, change: AttrChange, fh: int | None, caller: Caller) -> Attr:
         tree = self.tree
         handle = self.handles.get(fh) if fh is not None else None
+        if handle is not None and handle.link[0] is not None:
+            node.make_primary(handle.link[0], handle.link[1])
         tree.make_data_writable(node, with_data=change.size != 0)
         tree.changed(node)
         target, follow = tree.locate(node)
