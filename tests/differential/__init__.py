@@ -50,7 +50,7 @@ change to the generator changes every seed's case: replay reproducers with the s
 Deliberate and known differences (unionfs vs kernel)
 ----------------------------------------------------
 The project README lists them with their reasons ("Deliberate differences from kernel
-overlayfs", "Known differences").  How the harness keeps each one out of the comparison:
+overlayfs", "Known differences").  How the harness treats each one:
 
 * setxattr with XATTR_CREATE/XATTR_REPLACE that fails: pyfuse3 answers the flags itself, the
   kernel copies up first.  ``ops.SetXattr`` checks the flags in user space on both sides.
