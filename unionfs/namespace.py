@@ -320,5 +320,9 @@ class Namespace:
     def clear_whiteouts(self, rel: bytes) -> None:
         """Empty an upper directory whose merged view is empty (only markers are left)."""
         upper = self.tree.upper
+        fmt = self.tree.fmt
         for entry in list(upper.scandir(rel)):
-            os.unlink(join(rel, entry.name), dir_fd=upper.fd)
+            if whiteout.is_marker_name(entry.name, fmt) or whiteout.is_whiteout_stat(
+                    entry.stat(follow_symlinks=False)):
+                os.unlink(join(rel, entry.name), dir_fd=upper.fd)
+            # anything else is visible: the upper filesystem will say ENOTEMPTY

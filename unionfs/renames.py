@@ -58,6 +58,10 @@ class Renames:
                 raise oserror(errno.EISDIR, new_name)
             if dst.is_dir and not tree.stack.is_empty_dir(
                     dst.dir_layers, join(new_parent.path(), new_name)):
+                if self._pure_upper(dst):
+                    # The kernel leaves this to the upper filesystem's rename, after it made
+                    # the source opaque: the same side effect, then the same error.
+                    self._make_opaque_for(src, old_parent, old_name, new_parent)
                 raise oserror(errno.ENOTEMPTY, new_name)
             dst_node = tree.node_for(new_parent, new_name, dst)
             if not dst.is_dir:
@@ -68,6 +72,19 @@ class Renames:
         self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent, new_parent)
         src_node.move_link(old_parent, old_name, new_parent, new_name)
         tree.changed(src_node)
+
+    def _make_opaque_for(self, src: Resolved, old_parent: Node, old_name: bytes,
+                         new_parent: Node) -> None:
+        """A directory moving into a merged parent becomes opaque (the kernel's rule)."""
+        tree = self.tree
+        if not src.is_dir or len(new_parent.dir_layers) <= 1:
+            return
+        old = join(tree.upper_dir(old_parent), old_name)
+        if not whiteout.is_opaque(tree.upper.fd, old, tree.fmt):
+            whiteout.set_opaque(tree.upper.fd, old, tree.fmt)
+
+    def _pure_upper(self, found: Resolved) -> bool:
+        return self.tree.stack.is_upper(found.layer) and len(found.dir_layers) == 1
 
     def _movable(self, found: Resolved) -> bool:
         """Directories that draw from a lower layer stay where they are (no redirect_dir)."""
@@ -115,9 +132,7 @@ class Renames:
             tree.detach(dst_node, new_parent, new_name, dst.layer)
             if dst.is_dir and tree.stack.is_upper(dst.layer):
                 self.names.clear_whiteouts(new)
-        if src.is_dir and len(new_parent.dir_layers) > 1 and not whiteout.is_opaque(
-                ufd, old, tree.fmt):
-            whiteout.set_opaque(ufd, old, tree.fmt)
+        self._make_opaque_for(src, old_parent, old_name, new_parent)
         if tree.fmt.dot_wh:
             self._move_dot_wh(old, new, oprel, old_name, nprel, new_name, needs_whiteout,
                               dst_is_whiteout)

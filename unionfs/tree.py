@@ -355,7 +355,11 @@ class Tree:
     def detach(self, node: Node, parent: Node, name: bytes, layer: int) -> None:
         """The name ``name`` of ``node``, found in ``layer``, is about to go: keep the data
         reachable through an fd when open handles or other names of a hardlink need it."""
-        if node.is_dir or node.fd is not None or node.parent is not parent or node.name != name:
+        if node.fd is not None or node.parent is not parent or node.name != name:
+            return
+        if node.is_dir:
+            # It may be open (opendir is not counted): fstat of it must keep working.
+            node.fd = self.layers[layer].open(node.path(), os.O_PATH | os.O_DIRECTORY)
             return
         index = self.index
         if node.origin is not None and index is not None and node.origin in index:
