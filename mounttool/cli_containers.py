@@ -7,12 +7,10 @@ are raised as MountToolError and printed by ``cli.main``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from mounttool.images import ImageStore
 from mounttool.mounting import live_mounts
 from mounttool.overlayview import OverlayView
 from mounttool.refs import parse_tagged
-from mounttool.store import Store, atomic_write
+from mounttool.store import Store, atomic_output, atomic_write
 
 
 def _ctx(args: argparse.Namespace) -> tuple[ImageStore, Containers]:
@@ -194,17 +192,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if dest == "-":
             export(layers, sys.stdout.buffer)
             return 0
-        path = Path(dest)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                export(layers, f)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_output(Path(dest)) as f:
+            export(layers, f)
     return 0
 
 

@@ -26,6 +26,7 @@ from mounttool.errors import MountToolError
 from mounttool.fsutil import remove_tree
 from mounttool.images import ImageInfo
 from mounttool.refs import parse_reference
+from mounttool.store import atomic_output
 
 FORMATS = ("docker-archive", "oci-archive", "oci-dir")
 
@@ -145,19 +146,8 @@ def save(blobs: BlobStore, items: list[SaveItem], fmt: str, dest: str,
             raise MountToolError("cannot write an archive to standard output here", 2)
         _write_tar(blobs, items, fmt, stdout)
         return
-    path = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_tar(blobs, items, fmt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(Path(dest)) as f:
+        _write_tar(blobs, items, fmt, f)
 
 
 def _write_tar(blobs: BlobStore, items: list[SaveItem], fmt: str, f: BinaryIO) -> None:

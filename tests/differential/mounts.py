@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Protocol
+
+from unionfs.launch import wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
@@ -182,21 +182,3 @@ class Unionfs:
                              f"\n{handle.tail()}")
         handle.connection = os.minor(os.stat(mnt).st_dev)
         return handle
-
-
-def wait_ready(fd: int, timeout: float) -> bool:
-    """True once a line arrives on ``fd``; False on EOF (the child died) or the deadline."""
-    deadline = time.monotonic() + timeout
-    got = b""
-    while b"\n" not in got:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        readable, _, _ = select.select([fd], [], [], left)
-        if not readable:
-            return False
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return bool(got)
-        got += chunk
-    return True
