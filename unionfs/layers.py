@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Iterator
 
 from unionfs.whiteout import proc_path
@@ -64,11 +63,6 @@ class Layer:
                 return None
             raise
 
-    def stat_dir(self, rel: bytes) -> os.stat_result | None:
-        """lstat of ``rel`` if it is a directory here, else None."""
-        st = self.lstat(rel)
-        return st if st is not None and stat.S_ISDIR(st.st_mode) else None
-
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
         return os.open(at(rel), flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
 
@@ -83,33 +77,3 @@ class Layer:
 
     def readlink(self, rel: bytes) -> bytes:
         return os.readlink(at(rel), dir_fd=self.fd)
-
-    def getxattr(self, rel: bytes, name: bytes) -> bytes:
-        return os.getxattr(proc_path(self.fd, rel), name, follow_symlinks=False)
-
-    def listxattr(self, rel: bytes) -> list[bytes]:
-        names = os.listxattr(proc_path(self.fd, rel), follow_symlinks=False)
-        return [os.fsencode(n) for n in names]
-
-    # -- writing (upper and work directories only) ----------------------------------------
-
-    def setxattr(self, rel: bytes, name: bytes, value: bytes, flags: int = 0) -> None:
-        os.setxattr(proc_path(self.fd, rel), name, value, flags, follow_symlinks=False)
-
-    def removexattr(self, rel: bytes, name: bytes) -> None:
-        os.removexattr(proc_path(self.fd, rel), name, follow_symlinks=False)
-
-    def unlink(self, rel: bytes) -> None:
-        os.unlink(rel, dir_fd=self.fd)
-
-    def rmdir(self, rel: bytes) -> None:
-        os.rmdir(rel, dir_fd=self.fd)
-
-    def chown(self, rel: bytes, uid: int, gid: int) -> None:
-        os.chown(at(rel), uid, gid, dir_fd=self.fd, follow_symlinks=False)
-
-    def chmod(self, rel: bytes, mode: int) -> None:
-        os.chmod(at(rel), mode, dir_fd=self.fd)
-
-    def utime_ns(self, rel: bytes, ns: tuple[int, int]) -> None:
-        os.utime(at(rel), ns=ns, dir_fd=self.fd, follow_symlinks=False)

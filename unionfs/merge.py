@@ -54,12 +54,6 @@ class LayerStack:
         self.has_upper = has_upper
         self.fmt = fmt
 
-    @property
-    def upper(self) -> Layer:
-        if not self.has_upper:
-            raise OSError(30, "read-only union: no upper layer")  # EROFS
-        return self.layers[0]
-
     def is_upper(self, index: int) -> bool:
         return self.has_upper and index == 0
 

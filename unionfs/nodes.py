@@ -68,10 +68,6 @@ class Node:
     def __repr__(self) -> str:
         return f"Node(ino={self.ino}, path={self.path()!r}, layer={self.layer})"
 
-    @property
-    def unlinked(self) -> bool:
-        return self.parent is None and self.ino != ROOT_INO
-
     def path(self) -> bytes:
         """The layer-relative path of this node's primary name (``b""`` for the root)."""
         parts: list[bytes] = []
