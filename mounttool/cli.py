@@ -18,7 +18,7 @@ from typing import Any, NoReturn, cast
 from mounttool import cli_containers, cli_registry, imageops
 from mounttool.containers import Containers
 from mounttool.display import ago, human_size, render, short_id, table, truncate
-from mounttool.errors import MountToolError, NotFoundError, UsageError
+from mounttool.errors import MountToolError, NotFoundError, UsageError, run_reported
 from mounttool.formats.save import FORMATS, SaveItem, save
 from mounttool.images import Catalogue, ImageInfo, ImageStore
 from mounttool.ingest import import_path, load_path
@@ -316,18 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     args.root = (args.root or default_root()).absolute()  # mounts run from / once daemonized
     try:
-        code: int = args.func(args)
-        return code
-    except MountToolError as exc:
-        print(f"mounttool: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"mounttool: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("mounttool: interrupted", file=sys.stderr)
-        return 130
+        return run_reported("mounttool", lambda: int(args.func(args)))
     except Exception as exc:  # a bug: still one line, the traceback with --debug
         log.debug("internal error", exc_info=True)
         print(f"mounttool: internal error: {type(exc).__name__}: {exc} (--debug shows more)",

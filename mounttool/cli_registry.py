@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mounttool import oci
-from mounttool.errors import MountToolError, UsageError
+from mounttool.errors import MountToolError, UsageError, run_reported
 from mounttool.images import ImageStore
 from mounttool.refs import DEFAULT_DOMAIN, Reference, parse_reference, parse_tagged
 from mounttool.registry import credentials
@@ -144,18 +144,7 @@ def _platform(text: str | None) -> oci.Platform | None:
 
 def _run(name: str, body: Callable[[], int]) -> int:
     """The error boundary of one command: one line on stderr, an exit status."""
-    try:
-        return body()
-    except MountToolError as exc:
-        print(f"mounttool {name}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"mounttool {name}:{where} {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"mounttool {name}: interrupted", file=sys.stderr)
-        return 130
+    return run_reported(f"mounttool {name}", body)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@ one line on stderr and returns ``err.exit_code``.  Anything else escaping is a b
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class MountToolError(Exception):
     """A failure the user can act on: one clear line, one exit code."""
@@ -64,3 +67,20 @@ class ConflictError(MountToolError):
 
 class StoreError(MountToolError):
     """The store itself is unusable (permissions, lock, corrupt catalogue)."""
+
+
+def run_reported(prefix: str, body: Callable[[], int]) -> int:
+    """The error boundary of a command: any expected failure is one line on stderr, after
+    ``prefix``, and an exit status; never a traceback."""
+    try:
+        return body()
+    except MountToolError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{prefix}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
