@@ -16,6 +16,7 @@ import signal
 import pyfuse3
 import trio
 
+from unionfs import requestloop
 from unionfs.core import UnionFS
 from unionfs.operations import Operations
 from unionfs.spec import MountSpec
@@ -78,7 +79,8 @@ def daemonize() -> None:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-async def _serve_until_signal() -> None:
+async def _serve_with_trio_signals() -> None:
+    """pyfuse3's own loop; stop signals come through trio (the fallback loop)."""
     async with trio.open_nursery() as nursery:
         async def watch_signals() -> None:
             with trio.open_signal_receiver(*_STOP_SIGNALS) as sigs:
@@ -92,6 +94,23 @@ async def _serve_until_signal() -> None:
         nursery.start_soon(watch_signals)
         await pyfuse3.main(min_tasks=1, max_tasks=1)
         nursery.cancel_scope.cancel()
+
+
+def _run_loop() -> None:
+    stops = requestloop.StopSignals()
+    if not requestloop.install(stops):
+        log.warning("this pyfuse3 has no request-loop hook: using its own (slower) loop")
+        trio.run(_serve_with_trio_signals)
+        return
+    stops.install(_STOP_SIGNALS)
+    # Held back since before the mount went live; any that came are handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    try:
+        trio.run(pyfuse3.main, 1, 1)
+    finally:
+        stops.restore()
+    if stops.signum is not None:
+        log.info("signal %d: unmounting", stops.signum)
 
 
 def serve(spec: MountSpec, foreground: bool, ready_fd: int | None = None) -> None:
@@ -115,7 +134,7 @@ def serve(spec: MountSpec, foreground: bool, ready_fd: int | None = None) -> Non
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
     try:
-        trio.run(_serve_until_signal)
+        _run_loop()
     finally:
         pyfuse3.close(unmount=True)
         fs.close()

@@ -6,11 +6,13 @@ import errno
 import mmap
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -227,4 +229,25 @@ def test_sigterm_right_after_mounting_unmounts_cleanly(layers: Layers) -> None:
         os.close(read_fd)
     proc.terminate()  # at once: before the daemon's loop may even have started
     assert proc.wait(timeout=20) == 0
+    assert not os.path.ismount(layers["mnt"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_stop_signal_while_idle_unmounts_cleanly(layers: Layers, signum: int) -> None:
+    """The request loop blocks in read(2) on /dev/fuse: a stop signal must still end it."""
+    read_fd, write_fd = os.pipe()
+    opts = f"lowerdir={layers['top']},upperdir={layers['upper']},workdir={layers['work']}"
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
+                             "-o", opts, str(layers["mnt"])], pass_fds=(write_fd,),
+                            stderr=subprocess.PIPE)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 16) == b"ready\n"
+    finally:
+        os.close(read_fd)
+    assert (layers["mnt"] / "etc/hostname").read_bytes() == b"top\n"
+    time.sleep(0.3)  # the loop is now blocked waiting for the next request
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
     assert not os.path.ismount(layers["mnt"])
