@@ -17,9 +17,8 @@ import shutil
 import stat
 
 from unionfs.layers import Layer, at, split
+from unionfs.nodes import Key
 from unionfs.whiteout import WhiteoutFormat, proc_path
-
-_CHUNK = 1 << 20
 
 
 class WorkDir:
@@ -34,6 +33,7 @@ class WorkDir:
                           dir_fd=self.base_fd)
         self.path = os.path.join(workdir, b"work")
         self._names = itertools.count(1)
+        self._tag = os.getpid()  # the mounting process: names stay unique across mounts
         self.recover()
 
     def recover(self) -> int:
@@ -50,17 +50,20 @@ class WorkDir:
         return removed
 
     def temp_name(self) -> bytes:
-        return b"#%x.%d" % (next(self._names), os.getpid())
+        return b"#%x.%d" % (next(self._names), self._tag)
 
     def close(self) -> None:
         os.close(self.fd)
         os.close(self.base_fd)
 
 
-def copy_xattrs(src: bytes, dst: bytes, fmt: WhiteoutFormat, follow: bool = False) -> None:
-    """Copy every xattr but the overlay-private ones from path ``src`` to path ``dst``."""
+def copy_xattrs(src: bytes | int, dst: bytes | int, fmt: WhiteoutFormat,
+                follow: bool = False) -> None:
+    """Copy every xattr but the overlay-private ones from ``src`` to ``dst`` (paths or fds)."""
+    src_follow = follow or isinstance(src, int)  # Python refuses an fd with follow=False
+    dst_follow = follow or isinstance(dst, int)
     try:
-        names = os.listxattr(src, follow_symlinks=follow)
+        names = os.listxattr(src, follow_symlinks=src_follow)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EPERM):
             return
@@ -70,16 +73,20 @@ def copy_xattrs(src: bytes, dst: bytes, fmt: WhiteoutFormat, follow: bool = Fals
         if fmt.is_private_xattr(raw):
             continue
         try:
-            value = os.getxattr(src, raw, follow_symlinks=follow)
-            os.setxattr(dst, raw, value, follow_symlinks=follow)
+            value = os.getxattr(src, raw, follow_symlinks=src_follow)
+            os.setxattr(dst, raw, value, follow_symlinks=dst_follow)
         except OSError as exc:
             # Like the kernel and fuse-overlayfs: an xattr the upper cannot hold is skipped.
             if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EOVERFLOW, errno.ENODATA):
                 raise
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy ``size`` bytes, leaving holes where the source has them."""
+def copy_data(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
+    """Copy the ``st.st_size`` bytes of ``src_fd``, leaving holes where the source has them."""
+    size = st.st_size
+    # Every byte has a block: no hole to look for (the common case, three syscalls fewer).
+    if st.st_blocks * 512 >= size and _copy_range(src_fd, dst_fd, 0, size) == size:
+        return
     offset = 0
     while offset < size:
         try:
@@ -88,16 +95,28 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
             if exc.errno == errno.ENXIO:  # only a hole remains
                 break
             raise
-        hole = os.lseek(src_fd, data_start, os.SEEK_HOLE)
-        pos = data_start
-        end = min(hole, size)
-        while pos < end:
-            n = os.copy_file_range(src_fd, dst_fd, min(end - pos, 1 << 30), pos, pos)
-            if n == 0:
-                break
-            pos += n
-        offset = max(end, pos)
+        end = min(os.lseek(src_fd, data_start, os.SEEK_HOLE), size)
+        offset = max(end, _copy_range(src_fd, dst_fd, data_start, end))
     os.ftruncate(dst_fd, size)
+
+
+def _copy_range(src_fd: int, dst_fd: int, pos: int, end: int) -> int:
+    """Copy bytes ``pos`` to ``end`` in place; returns where it stopped (short at EOF)."""
+    while pos < end:
+        n = os.copy_file_range(src_fd, dst_fd, min(end - pos, 1 << 30), pos, pos)
+        if n == 0:
+            break
+        pos += n
+    return pos
+
+
+def set_metadata(fd: int, st: os.stat_result, xattr_source: int | bytes, fmt: WhiteoutFormat,
+                 follow: bool = False) -> None:
+    """Owner, mode, xattrs (from ``xattr_source``) and times of the file open as ``fd``."""
+    os.fchown(fd, st.st_uid, st.st_gid)  # before the mode: it clears set-ID bits
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    copy_xattrs(xattr_source, fd, fmt, follow)
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 class Copier:
@@ -109,55 +128,64 @@ class Copier:
         self.fmt = fmt
         self.fsync = fsync
 
-    def copy(self, src: Layer, rel: bytes, with_data: bool = True) -> os.stat_result:
-        """Copy ``rel`` from layer ``src`` into the upper layer; returns the new upper lstat.
+    def copy(self, src: Layer, rel: bytes, st: os.stat_result,
+             with_data: bool = True) -> Key:
+        """Copy ``rel`` (whose lstat is ``st``) from layer ``src`` into the upper layer;
+        returns the (device, inode) of the upper copy.
 
         The parent directory must already exist in the upper layer.
         """
-        st = os.stat(at(rel), dir_fd=src.fd, follow_symlinks=False)
         parent = at(split(rel)[0])
         times = os.stat(parent, dir_fd=self.upper.fd)
         tmp = self.work.temp_name()
         try:
-            self.build(src, rel, st, tmp, with_data)
+            key = self.build(src, rel, st, tmp, with_data)
             os.rename(tmp, rel, src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
         except BaseException:
             self.discard(tmp)
             raise
         # A copy-up is no change to the directory: keep its times, as the kernel does.
         os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns), dir_fd=self.upper.fd)
-        return os.stat(rel, dir_fd=self.upper.fd, follow_symlinks=False)
+        return key
 
     def build(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
-              with_data: bool) -> None:
+              with_data: bool) -> Key:
         """Create ``tmp`` in the work dir as a copy of ``rel`` (metadata, and data if asked)."""
         mode = stat.S_IFMT(st.st_mode)
         wfd = self.work.fd
         if mode == stat.S_IFREG:
-            self._build_file(src, rel, st, tmp, with_data)
-        elif mode == stat.S_IFDIR:
+            return self._build_file(src, rel, st, tmp, with_data)
+        if mode == stat.S_IFDIR:
             os.mkdir(tmp, 0o700, dir_fd=wfd)
         elif mode == stat.S_IFLNK:
             os.symlink(src.readlink(rel), tmp, dir_fd=wfd)
         else:
             os.mknod(tmp, st.st_mode, st.st_rdev, dir_fd=wfd)
         self.finish(tmp, st, source=proc_path(src.fd, rel))
+        done = os.stat(tmp, dir_fd=wfd, follow_symlinks=False)
+        return done.st_dev, done.st_ino
 
     def _build_file(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
-                    with_data: bool) -> None:
+                    with_data: bool) -> Key:
+        """A regular file: everything through its descriptor, synced before it gets a name."""
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                       dir_fd=self.work.fd)
         try:
-            if with_data and st.st_size:
-                inp = src.open(rel, os.O_RDONLY)
-                try:
-                    copy_data(inp, out, st.st_size)
-                finally:
+            inp = src.open(rel, os.O_RDONLY) if with_data and st.st_size else None
+            try:
+                if inp is not None:
+                    copy_data(inp, out, st)
+                set_metadata(out, st, inp if inp is not None else proc_path(src.fd, rel),
+                             self.fmt)
+            finally:
+                if inp is not None:
                     os.close(inp)
             if self.fsync:
                 os.fsync(out)
+            done = os.fstat(out)
         finally:
             os.close(out)
+        return done.st_dev, done.st_ino
 
     def finish(self, tmp: bytes, st: os.stat_result, source: bytes | None) -> None:
         """Owner, mode, xattrs and times of ``tmp`` from ``st`` (and ``source``'s xattrs)."""
@@ -178,13 +206,10 @@ class Copier:
         try:
             inp = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                copy_data(inp, out, st.st_size)
+                copy_data(inp, out, st)
             finally:
                 os.close(inp)
-            os.fchown(out, st.st_uid, st.st_gid)
-            os.fchmod(out, stat.S_IMODE(st.st_mode))
-            copy_xattrs(source, b"/proc/self/fd/%d" % out, self.fmt, follow=True)
-            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            set_metadata(out, st, source, self.fmt, follow=True)
         except BaseException:
             os.close(out)
             raise

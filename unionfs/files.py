@@ -161,10 +161,9 @@ class Files:
         handle = self.handles.get(fh) if fh is not None else None
         if handle is not None and handle.link[0] is not None:
             node.make_primary(handle.link[0], handle.link[1])
+        is_link = stat.S_ISLNK(tree.stat(node).st_mode)  # a copy-up keeps the file type
         tree.make_data_writable(node, with_data=change.size != 0)
-        tree.changed(node)
         target, follow = tree.locate(node)
-        is_link = stat.S_ISLNK(tree.stat(node).st_mode)
         if change.uid is not None or change.gid is not None:
             os.chown(target, -1 if change.uid is None else change.uid,
                      -1 if change.gid is None else change.gid, follow_symlinks=follow)
@@ -192,7 +191,8 @@ class Files:
             os.close(fd)
 
     def _utime(self, node: Node, target: bytes, change: AttrChange, follow: bool) -> None:
-        st = self.tree.stat(node)
+        self.tree.changed(node)
+        st = self.tree.stat(node)  # fresh: the time not being set is kept as it is now
         atime = st.st_atime_ns if change.atime_ns is None else change.atime_ns
         mtime = st.st_mtime_ns if change.mtime_ns is None else change.mtime_ns
         os.utime(target, ns=(atime, mtime), follow_symlinks=follow)

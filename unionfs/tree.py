@@ -292,20 +292,22 @@ class Tree:
         src = self.layers[node.layer]
         rel = node.path()
         lower_st = src.lstat(rel)
-        st = copier.copy(src, rel, with_data)
+        if lower_st is None:
+            raise oserror(errno.ENOENT, rel)
+        key = copier.copy(src, rel, lower_st, with_data)
         log.debug("copied up %r from layer %d", rel, node.layer)
         node.st = None
         node.parent.listing = None
         if node.is_dir:
             node.dir_layers = (0, *node.dir_layers)
             self.stale.add(node.ino)
-        elif node.origin is not None and lower_st is not None and self.index is not None:
+        elif node.origin is not None and self.index is not None:
             self._index(node.origin, src, rel, lower_st.st_nlink)
-            self.table.origin_of[key_of(st)] = node.origin
+            self.table.origin_of[key] = node.origin
             node.fd = self.index.open(node.origin)  # its names may change; its data stays
         node.layer = 0
         node.data_gen += 1
-        self.table.add_key(node, key_of(st))
+        self.table.add_key(node, key)
 
     def index_hardlink(self, node: Node, parent: Node, name: bytes, layer: int) -> None:
         """Copy the lower hardlink ``node`` up under its name ``name`` and index it; from then
@@ -315,10 +317,10 @@ class Tree:
         rel = join(self.upper_dir(parent), name)
         lower_st = self.layers[layer].lstat(rel)
         assert lower_st is not None
-        st = copier.copy(self.layers[layer], rel)
+        key = copier.copy(self.layers[layer], rel, lower_st)
         self._index(node.origin, self.layers[layer], rel, lower_st.st_nlink)
-        self.table.origin_of[key_of(st)] = node.origin
-        self.table.add_key(node, key_of(st))
+        self.table.origin_of[key] = node.origin
+        self.table.add_key(node, key)
         if node.fd is None:
             node.fd = self.index.open(node.origin)
         node.layer = 0
