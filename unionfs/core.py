@@ -23,25 +23,21 @@ from unionfs.xattrs import Xattrs
 
 @dataclass(slots=True)
 class DirHandle:
-    """An open directory: the merged listing taken at opendir, so offsets stay stable."""
+    """An open directory: the merged listing taken at its first readdir (as the kernel does),
+    so offsets stay stable."""
 
     node: Node
-    entries: list[tuple[bytes, Resolved]]
-    changes: int
+    entries: list[tuple[bytes, Resolved]] | None = None
+    """Taken at the first readdir: a listing the kernel caches is never asked for."""
+    changes: int = 0
     """The tree's change count when the listing was taken."""
-    fresh: bool
-    """The listing was read at opendir, so its stat results are current."""
+    fresh: bool = False
+    """The listing was read just then, so its stat results are current."""
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
-    """One readdir answer: offset, name, node, and whether the kernel counts it as a lookup
-    (every entry but ``.`` and ``..``)."""
-
-    offset: int
-    name: bytes
-    node: Node
-    counted: bool
+DirEntry = tuple[int, bytes, Node, bool]
+"""One readdir answer: offset, name, node, and whether the kernel counts it as a lookup (every
+entry but ``.`` and ``..``).  A plain tuple: a listing makes one per entry."""
 
 
 class UnionFS:
@@ -65,22 +61,26 @@ class UnionFS:
         return self.tree.node(ino)
 
     def opendir(self, node: Node) -> int:
+        if not node.is_dir:
+            raise oserror(errno.ENOTDIR)
         dh = self._next_dh
         self._next_dh += 1
-        entries, fresh = self.tree.list_dir(node)
-        self.dirs[dh] = DirHandle(node, entries, self.tree.changes, fresh)
+        self.dirs[dh] = DirHandle(node)
         return dh
 
     def readdir(self, dh: int, start: int) -> Iterator[DirEntry]:
         """Entries from offset ``start``: ``.`` and ``..`` first, then the snapshot, each
-        checked again if the tree changed since opendir (never a deleted entry)."""
+        checked again if the tree changed since it was taken (never a deleted entry)."""
         handle = self.dir_handle(dh)
         tree = self.tree
         parent = handle.node
+        if handle.entries is None or start == 0:  # first read, or rewinddir: list (again)
+            handle.entries, handle.fresh = tree.list_dir(parent)
+            handle.changes = tree.changes
         if start == 0:
-            yield DirEntry(0, b".", parent, False)
+            yield 0, b".", parent, False
         if start <= 1:
-            yield DirEntry(1, b"..", parent.parent or tree.root, False)
+            yield 1, b"..", parent.parent or tree.root, False
         stale = handle.changes != tree.changes
         for offset in range(max(start, 2), len(handle.entries) + 2):
             name, found = handle.entries[offset - 2]
@@ -93,7 +93,7 @@ class UnionFS:
             if node.st is None and (handle.fresh or stale) and node.layer == found.layer \
                     and node.fd is None:
                 node.st = found.st  # read just now: as good as a stat
-            yield DirEntry(offset, name, node, True)
+            yield offset, name, node, True
 
     def dir_handle(self, dh: int) -> DirHandle:
         try:

@@ -16,7 +16,7 @@ import signal
 import pyfuse3
 import trio
 
-from unionfs import requestloop
+from unionfs import cachedir, requestloop
 from unionfs.core import UnionFS
 from unionfs.operations import Operations
 from unionfs.spec import MountSpec
@@ -111,6 +111,7 @@ def _run_loop() -> None:
         stops.restore()
     if stops.signum is not None:
         log.info("signal %d: unmounting", stops.signum)
+    log.debug("%d directory listings left to the kernel's cache", cachedir.replies())
 
 
 def serve(spec: MountSpec, foreground: bool, ready_fd: int | None = None) -> None:

@@ -61,9 +61,9 @@ class Node:
         """Cached merged listing of a directory; dropped when its entries change."""
         self.misses = 0
         """Lookups of names this directory does not show (a PATH-like search)."""
-        self.reply: tuple[os.stat_result, int, object] | None = None
-        """The FUSE adapter's last attribute reply, valid while ``st`` and the link count
-        it was made from are unchanged (the adapter checks)."""
+        self.reply: tuple[os.stat_result, int, object, tuple[int, ...]] | None = None
+        """The FUSE adapter's last attribute reply with the stat, link count and directory
+        layers it was made from: valid while they are unchanged (the adapter checks)."""
 
     def __repr__(self) -> str:
         return f"Node(ino={self.ino}, path={self.path()!r}, layer={self.layer})"

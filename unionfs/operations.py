@@ -17,6 +17,7 @@ from typing import Literal, cast
 
 import pyfuse3
 
+from unionfs import cachedir
 from unionfs.attrs import entry_attributes, negative_entry
 from unionfs.core import UnionFS
 from unionfs.files import AttrChange
@@ -91,13 +92,17 @@ class Operations(pyfuse3.Operations):
         # The names of a lower hardlink are not cached by the kernel: it then looks the name
         # up before each use, which tells us which name an inode-only request (open for
         # writing, chmod, ...) came through, so copy-up picks the same name as the kernel.
-        attr = self.tree.attr(node, st)
         cached = node.reply
+        if (st is None and cached is not None and cached[0] is node.st
+                and node.fd is None and node.origin is None and cached[3] is node.dir_layers):
+            # Same stat object, same layers: the link count cannot differ either.
+            return cast(pyfuse3.EntryAttributes, cached[2])
+        attr = self.tree.attr(node, st)
         if cached is not None and cached[0] is attr.st and cached[1] == attr.nlink:
             return cast(pyfuse3.EntryAttributes, cached[2])
         entry_timeout = 0.0 if node.origin is not None else None
         entry = entry_attributes(attr, self.timeout, entry_timeout)
-        node.reply = (attr.st, attr.nlink, entry)
+        node.reply = (attr.st, attr.nlink, entry, node.dir_layers)
         return entry
 
     def _new_entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -246,22 +251,23 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         with self.guard["opendir"]:
-            return pyfuse3.FileHandleT(self.fs.opendir(self.fs.node(inode)))
+            dh = self.fs.opendir(self.fs.node(inode))
+            # The kernel may keep the listing: every change to it goes through this mount.
+            return pyfuse3.FileHandleT(dh | cachedir.flag if self.timeout > 0 else dh)
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
         with self.guard["readdir"]:
-            for entry in self.fs.readdir(fh, start_id):
-                attrs = self._entry(entry.node)
-                if not pyfuse3.readdir_reply(token, entry.name, attrs, entry.offset + 1):
-                    if entry.counted and entry.node.lookups == 0:
-                        self.fs.forget(entry.node.ino, 0)
+            for offset, name, node, counted in self.fs.readdir(cachedir.strip(fh), start_id):
+                if not pyfuse3.readdir_reply(token, name, self._entry(node), offset + 1):
+                    if counted and node.lookups == 0:
+                        self.fs.forget(node.ino, 0)
                     return
-                if entry.counted:
-                    self.tree.remember(entry.node)
+                if counted:
+                    node.lookups += 1  # readdirplus counts as a lookup (Tree.remember)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
-        self.fs.releasedir(fh)
+        self.fs.releasedir(cachedir.strip(fh))
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         return None

@@ -143,14 +143,18 @@ class Tree:
 
     def node_for(self, parent: Node, name: bytes, found: Resolved) -> Node:
         """The node of a resolved entry: the known one for its identity, or a new one."""
-        key = key_of(found.st)
-        node = self.table.find(key)
-        origin = self.table.origin_of.get(key)
-        if node is None and origin is not None:
-            # The upper copy of a lower hardlink: one inode with the lower names.
-            node = self.table.find(origin)
-            if node is not None:
-                self.table.add_key(node, key)
+        st = found.st
+        key = (st.st_dev, st.st_ino)
+        node = self.table.by_key.get(key)
+        if node is not None and node.parent is parent and node.name == name:
+            return node  # the common case: known under this very name
+        if node is None:
+            origin = self.table.origin_of.get(key)
+            if origin is not None:
+                # The upper copy of a lower hardlink: one inode with the lower names.
+                node = self.table.find(origin)
+                if node is not None:
+                    self.table.add_key(node, key)
         if node is None:
             node = self.table.new_node(key, parent, name, found.layer, found.dir_layers,
                                        found.is_dir)
