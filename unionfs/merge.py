@@ -142,6 +142,30 @@ class LayerStack:
                     self._merge_below(entries, still_merging, layer, rel, entry, index != last)
         return {name: res for name, res in entries.items() if res is not None}
 
+    def list_names(self, dir_layers: tuple[int, ...], rel: bytes) -> frozenset[bytes]:
+        """The names a merged directory shows, from the entries' types alone: no stat per
+        entry (only entries that may be whiteouts are looked at), so a cold directory costs
+        its getdents calls and not one inode read per entry."""
+        names: set[bytes] = set()
+        hidden: set[bytes] = set()
+        for index in dir_layers:
+            for entry in self.layers[index].scandir(rel):
+                name = entry.name
+                if name in names or name in hidden:
+                    continue
+                if self.fmt.dot_wh and name.startswith(b".wh."):
+                    marked = hidden_by_marker(name)
+                    if marked is not None and marked not in names:
+                        hidden.add(marked)
+                    continue
+                if (entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
+                        or entry.is_symlink()
+                        or not is_whiteout_stat(entry.stat(follow_symlinks=False))):
+                    names.add(name)
+                else:
+                    hidden.add(name)
+        return frozenset(names)
+
     def _first_sight(self, entries: dict[bytes, Resolved | None], merging: set[bytes],
                      layer: Layer, rel: bytes, entry: os.DirEntry[bytes], more: bool) -> None:
         st = entry.stat(follow_symlinks=False)

@@ -30,8 +30,8 @@ class Node:
     """One inode of the merged view."""
 
     __slots__ = ("aliases", "data_gen", "dir_layers", "fd", "ino", "is_dir", "keys", "layer",
-                 "listing", "lookups", "misses", "name", "opens", "origin", "parent", "reply",
-                 "st")
+                 "listing", "lookups", "misses", "name", "names", "opens", "origin", "parent",
+                 "reply", "st")
 
     def __init__(self, ino: int, parent: Node | None, name: bytes, layer: int,
                  dir_layers: tuple[int, ...], is_dir: bool) -> None:
@@ -59,6 +59,8 @@ class Node:
         layers never change, the upper only changes through us)."""
         self.listing: dict[bytes, Resolved] | None = None
         """Cached merged listing of a directory; dropped when its entries change."""
+        self.names: frozenset[bytes] | None = None
+        """The names a directory shows (no stats), read once lookups keep missing there."""
         self.misses = 0
         """Lookups of names this directory does not show (a PATH-like search)."""
         self.reply: tuple[os.stat_result, int, object, tuple[int, ...]] | None = None

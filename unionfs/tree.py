@@ -25,8 +25,8 @@ from unionfs.whiteout import proc_path
 log = logging.getLogger(__name__)
 
 LISTING_AFTER_MISSES = 4
-"""After this many lookups of missing names in a directory, its merged listing is read once and
-answers every later lookup there (a PATH search looks for many names in few directories)."""
+"""After this many lookups of missing names in a directory, the names it shows are read once
+and answer every later miss there (a PATH search looks for many names in few directories)."""
 
 
 def oserror(code: int, what: bytes | str = "") -> OSError:
@@ -130,12 +130,15 @@ class Tree:
             return parent.parent or self.root
         if len(name) > self.name_max:
             raise oserror(errno.ENAMETOOLONG, name)
-        if parent.listing is None and parent.misses >= LISTING_AFTER_MISSES:
-            self.list_dir(parent)
         if parent.listing is not None:
             found = parent.listing.get(name)
         else:
-            found = self.resolve(parent, name)
+            if parent.names is None and parent.misses >= LISTING_AFTER_MISSES:
+                parent.names = self.stack.list_names(parent.dir_layers, parent.path())
+            if parent.names is not None and name not in parent.names:
+                found = None
+            else:
+                found = self.resolve(parent, name)
         if found is None:
             parent.misses += 1
             raise oserror(errno.ENOENT, name)
@@ -216,6 +219,7 @@ class Tree:
         """Entries of directory ``node`` changed (and so did its times)."""
         node.st = None
         node.listing = None
+        node.names = None
         node.misses = 0  # a directory being filled up is not searched: no listing yet
         self.changes += 1
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.trees import Dir, File, HardLink, Symlink, Whiteout, make_tree, tree_hash
+from support.trees import Dir, Fifo, File, HardLink, Symlink, Whiteout, make_tree, tree_hash
 from unionfs.core import UnionFS
 from unionfs.files import AttrChange
 from unionfs.nodes import Node
@@ -323,7 +323,7 @@ def test_many_misses_use_the_listing_and_it_stays_current(make_union) -> None:  
     for name in (b"a", b"b", b"c", b"d", b"e", b"f"):
         with pytest.raises(FileNotFoundError):
             u.tree.lookup(bin_, name)
-    assert bin_.listing is not None  # later lookups here cost no syscalls
+    assert bin_.names is not None  # later misses here cost no syscalls
     assert u.tree.lookup(bin_, b"cat").is_dir is False
     _, fd = u.fs.names.create(bin_, b"new", 0o755, os.O_WRONLY, ROOT)
     os.close(fd)
@@ -334,3 +334,18 @@ def test_many_misses_use_the_listing_and_it_stays_current(make_union) -> None:  
     with pytest.raises(OSError) as exc:
         u.tree.lookup(bin_, b"x" * 300)
     assert exc.value.errno == errno.ENAMETOOLONG
+
+
+def test_names_alone_match_the_merged_listing(make_union) -> None:  # type: ignore[no-untyped-def]
+    u = make_union(
+        {"d/": Dir(), "d/gone": Whiteout(), "d/top": b"t", "d/fifo": Fifo(), "d/sub/": Dir(),
+         "d/opq/": Dir(opaque=True), "d/link": Symlink("top"), "d/both": b"upper wins"},
+        {"d/": Dir(), "d/gone": b"g", "d/low": b"l", "d/sub/": Dir(), "d/opq/": Dir(),
+         "d/opq/hidden": b"h", "d/both/": Dir(), "d/gone2": b"g2"},
+        upper={"d/": Dir(), "d/gone2": Whiteout(), "d/new": b"n"})
+    os.mknod(u.upper / "d/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # not a whiteout
+    d = u.node("d")
+    names = u.tree.stack.list_names(d.dir_layers, d.path())
+    assert sorted(n.decode() for n in names) == u.listing("d")
+    assert sorted(names) == [b"both", b"fifo", b"link", b"low", b"new", b"null", b"opq",
+                             b"sub", b"top"]

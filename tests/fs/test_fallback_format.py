@@ -68,3 +68,11 @@ def test_creating_a_marker_name_is_refused(union) -> None:  # type: ignore[no-un
     with pytest.raises(OSError):
         fs.names.mkdir(fs.tree.root, b".wh.x", 0o755, ROOT)
     assert names(fs) == [b"a", b"d", b"keep"]
+
+
+def test_names_alone_match_the_listing(union) -> None:  # type: ignore[no-untyped-def]
+    fs, _ = union
+    root = fs.tree.root
+    assert sorted(fs.tree.stack.list_names(root.dir_layers, b"")) == names(fs)
+    keep = fs.tree.lookup(root, b"keep")
+    assert fs.tree.stack.list_names(keep.dir_layers, b"keep") == frozenset()
