@@ -91,6 +91,11 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FILESYSTEMS = ("kernel", "fuse-overlayfs", "unionfs")
+NOSYNC = "unionfs-nosync"
+"""unionfs with -o fsync=0: copy-ups not synced, fuse-overlayfs's durability (opt in with
+--only ...,unionfs-nosync); its own ratio column shows the cost of the kernel's durable
+copy-up in the same run."""
+ALL_FILESYSTEMS = (*FILESYSTEMS, NOSYNC)
 GENERATOR_VERSION = 3
 SEED = 20261122
 MiB = 1 << 20
@@ -588,6 +593,8 @@ def mount_fs(fs: str, lowers: Sequence[Path], upper: Path, work: Path, mnt: Path
             return m
         if unionfs_opts:
             opts += "," + unionfs_opts
+        if fs == NOSYNC:
+            opts += ",fsync=0"
         rfd, wfd = os.pipe()
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         m.proc = subprocess.Popen(
@@ -1008,19 +1015,23 @@ def to_json(res: Results, meta: dict[str, Any]) -> dict[str, Any]:
                                         "errors": c.errors, "items": c.items}
             entry["ratio_fuse"] = ratio(entry, "fuse-overlayfs")
             entry["ratio_kernel"] = ratio(entry, "kernel")
+            entry["ratio_nosync_fuse"] = ratio(entry, "fuse-overlayfs", NOSYNC)
             rows.append(entry)
-    g_f = geomean([r["ratio_fuse"] for r in rows if r["kind"] != "memory" and r["ratio_fuse"]])
-    g_k = geomean([r["ratio_kernel"] for r in rows
-                   if r["kind"] != "memory" and r["ratio_kernel"]])
+
+    def mean_of(key: str) -> float | None:
+        return geomean([r[key] for r in rows if r["kind"] != "memory" and r[key]])
+
     return {"version": JSON_VERSION, "meta": meta, "filesystems": res.filesystems,
-            "cells": rows, "geomean_unionfs_fuse": g_f, "geomean_unionfs_kernel": g_k,
+            "cells": rows, "geomean_unionfs_fuse": mean_of("ratio_fuse"),
+            "geomean_unionfs_kernel": mean_of("ratio_kernel"),
+            "geomean_nosync_fuse": mean_of("ratio_nosync_fuse"),
             "notes": res.notes,
             "daemon_hwm_kib": {f"{w}/{fs}": v for (w, fs), v in res.hwm.items()},
             "extra": res.extra}
 
 
-def ratio(entry: dict[str, Any], peer: str) -> float | None:
-    u = entry["results"].get("unionfs", {}).get("median")
+def ratio(entry: dict[str, Any], peer: str, ours: str = "unionfs") -> float | None:
+    u = entry["results"].get(ours, {}).get("median")
     p = entry["results"].get(peer, {}).get("median")
     if u is None or not p:
         return None
@@ -1049,24 +1060,23 @@ def fmt_ratio(x: float | None) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     fss = doc["filesystems"]
     head = ["workload", "mode", *fss]
-    if "unionfs" in fss:
-        head += [f"unionfs/{p}" for p in ("fuse-overlayfs", "kernel") if p in fss]
+    columns = [(f"{ours}/{peer}", key) for ours, peer, key in (
+        ("unionfs", "fuse-overlayfs", "ratio_fuse"), ("unionfs", "kernel", "ratio_kernel"),
+        (NOSYNC, "fuse-overlayfs", "ratio_nosync_fuse")) if ours in fss and peer in fss]
+    head += [title for title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in doc["cells"]:
         row = [e["workload"], e["mode"], *(fmt_value(e, fs) for fs in fss)]
-        if "unionfs" in fss:
-            if "fuse-overlayfs" in fss:
-                row.append(fmt_ratio(e["ratio_fuse"]))
-            if "kernel" in fss:
-                row.append(fmt_ratio(e["ratio_kernel"]))
+        row += [fmt_ratio(e.get(key)) for _, key in columns]
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines) + "\n\n"
     out += "Times are medians (lower is better); seq-read/seq-write show throughput, their "
     out += "ratios are inverted (time for the same bytes); peak-rss is the daemon's VmHWM.\n"
-    for key, label in (("geomean_unionfs_fuse", "fuse-overlayfs"),
-                       ("geomean_unionfs_kernel", "kernel")):
+    for key, label in (("geomean_unionfs_fuse", "unionfs/fuse-overlayfs"),
+                       ("geomean_unionfs_kernel", "unionfs/kernel"),
+                       ("geomean_nosync_fuse", f"{NOSYNC}/fuse-overlayfs")):
         if doc.get(key):
-            out += (f"\n**Geometric mean unionfs/{label}: {doc[key]:.2f}x** "
+            out += (f"\n**Geometric mean {label}: {doc[key]:.2f}x** "
                     "(all time and throughput cells, cold and warm)")
     failures: dict[tuple[str, str, str], list[str]] = {}
     for e in doc["cells"]:
@@ -1078,7 +1088,7 @@ def markdown(doc: dict[str, Any]) -> str:
     if failure_lines:
         out += "\n\nFailures († = some repetitions failed):\n" + "\n".join(failure_lines)
     hwm = doc.get("daemon_hwm_kib", {})
-    for fs in ("unionfs", "fuse-overlayfs"):
+    for fs in ("unionfs", NOSYNC, "fuse-overlayfs"):
         peaks = {k.split("/")[0]: max(v) for k, v in hwm.items() if k.endswith("/" + fs) and v}
         if peaks:
             top = max(peaks, key=lambda k: peaks[k])
@@ -1327,7 +1337,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(__doc__ or "").split("\n\n")[0].strip() + "\n\n" +
         "\n\n".join((__doc__ or "").split("\n\n")[1:3]),
-        epilog=f"workloads:\n{wl_help}\n\nfilesystems: {', '.join(FILESYSTEMS)}\n\n"
+        epilog=f"workloads:\n{wl_help}\n\nfilesystems: {', '.join(FILESYSTEMS)} (default), "
+        f"{NOSYNC} (opt in)\n\n"
         "Run as root.  See the module docstring (scripts/bench.py) for the method.")
     p.add_argument("--data", default="/var/tmp/unionfs-bench",
                    help="dataset and scratch directory (default: %(default)s)")
@@ -1366,7 +1377,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: run as root (kernel overlay mounts, whiteouts, drop_caches)",
               file=sys.stderr)
         return 2
-    filesystems = parse_list(args.only, FILESYSTEMS, "filesystem")
+    filesystems = (parse_list(args.only, ALL_FILESYSTEMS, "filesystem") if args.only
+                   else list(FILESYSTEMS))
     names = parse_list(args.workloads, WORKLOAD_NAMES, "workload")
     workloads = [w for w in WORKLOADS if w.name in names]
     if "fuse-overlayfs" in filesystems and not shutil.which("fuse-overlayfs"):
