@@ -34,6 +34,10 @@ class WorkDir:
         self.path = os.path.join(workdir, b"work")
         self._names = itertools.count(1)
         self._tag = os.getpid()  # the mounting process: names stay unique across mounts
+        work = os.fstat(self.fd)
+        self.creates_as = (os.geteuid(),
+                           work.st_gid if work.st_mode & stat.S_ISGID else os.getegid())
+        """The owner and group a file created in the work dir gets."""
         self.recover()
 
     def recover(self) -> int:
@@ -55,6 +59,12 @@ class WorkDir:
     def close(self) -> None:
         os.close(self.fd)
         os.close(self.base_fd)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def copy_xattrs(src: bytes | int, dst: bytes | int, fmt: WhiteoutFormat,
@@ -111,10 +121,12 @@ def _copy_range(src_fd: int, dst_fd: int, pos: int, end: int) -> int:
 
 
 def set_metadata(fd: int, st: os.stat_result, xattr_source: int | bytes, fmt: WhiteoutFormat,
-                 follow: bool = False) -> None:
-    """Owner, mode, xattrs (from ``xattr_source``) and times of the file open as ``fd``."""
-    os.fchown(fd, st.st_uid, st.st_gid)  # before the mode: it clears set-ID bits
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+                 follow: bool = False, owner_and_mode: bool = True) -> None:
+    """Owner, mode (unless the file was created with them), xattrs (from ``xattr_source``)
+    and times of the file open as ``fd``."""
+    if owner_and_mode:
+        os.fchown(fd, st.st_uid, st.st_gid)  # before the mode: it clears set-ID bits
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
     copy_xattrs(xattr_source, fd, fmt, follow)
     os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -127,6 +139,8 @@ class Copier:
         self.work = work
         self.fmt = fmt
         self.fsync = fsync
+        self.umask = current_umask()
+        """Read once: the daemon sets it (to 0) before it builds the union."""
 
     def copy(self, src: Layer, rel: bytes, st: os.stat_result,
              with_data: bool = True) -> Key:
@@ -168,15 +182,19 @@ class Copier:
     def _build_file(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
                     with_data: bool) -> Key:
         """A regular file: everything through its descriptor, synced before it gets a name."""
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                      dir_fd=self.work.fd)
+        mode = stat.S_IMODE(st.st_mode)
+        # Owned as the daemon would create it and no mode bit the umask takes away: create
+        # it with its final mode (the work dir is 0700: no one else sees it meanwhile).
+        exact = (st.st_uid, st.st_gid) == self.work.creates_as and not mode & self.umask
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                      mode if exact else 0o600, dir_fd=self.work.fd)
         try:
             inp = src.open(rel, os.O_RDONLY) if with_data and st.st_size else None
             try:
                 if inp is not None:
                     copy_data(inp, out, st)
                 set_metadata(out, st, inp if inp is not None else proc_path(src.fd, rel),
-                             self.fmt)
+                             self.fmt, owner_and_mode=not exact)
             finally:
                 if inp is not None:
                     os.close(inp)
