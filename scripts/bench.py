@@ -46,7 +46,8 @@ other after an untimed read-only pass over it (stat and read every file) on the 
 and a ``sync`` so that the cold run's dirty data is not being written back meanwhile.
 seq-write creates a new file each run and is timed to ``close()`` (data handed to the
 filesystem, no fsync).  Medians over the repetitions are reported; repetitions interleave the
-filesystems so drift hits all of them alike.  Ratios are unionfs / peer on times (throughputs
+filesystems so drift hits all of them alike, and each repetition starts with the next one in
+turn, so no filesystem always runs right after the same other one.  Ratios are unionfs / peer on times (throughputs
 are inverted: time for the fixed byte count), so lower is better everywhere; the geometric mean
 is over every time and throughput cell where both have a result (memory is reported, not
 averaged).  A workload that fails or exceeds ``--timeout`` on one filesystem (the FUSE daemon is
@@ -1276,8 +1277,13 @@ class Runner:
             if rep and self.rp.budget and elapsed + elapsed / rep > self.rp.budget:
                 log(f"time budget ({self.rp.budget:.0f} s): stopping after {rep} repetitions")
                 break
+            # Each repetition starts with the next filesystem: whatever the one before leaves
+            # behind (the host's cache of the shared lower files, dirty pages being written
+            # back) falls on each of them in turn rather than always on the same one.
+            shift = rep % len(self.filesystems)
+            order = self.filesystems[shift:] + self.filesystems[:shift]
             for w in self.workloads:
-                for fs in self.filesystems:
+                for fs in order:
                     if w.kind == "rss" and fs == "kernel":
                         continue
                     if (w.name, fs) in self.skip:
