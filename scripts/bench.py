@@ -47,8 +47,9 @@ and a ``sync`` so that the cold run's dirty data is not being written back meanw
 seq-write creates a new file each run and is timed to ``close()`` (data handed to the
 filesystem, no fsync).  Medians over the repetitions are reported; repetitions interleave the
 filesystems so drift hits all of them alike, and each repetition starts with the next one in
-turn, so no filesystem always runs right after the same other one.  Ratios are unionfs / peer on times (throughputs
-are inverted: time for the fixed byte count), so lower is better everywhere; the geometric mean
+turn, so no filesystem always runs right after the same other one.  Ratios are unionfs / peer
+on times (throughputs are inverted: time for the fixed byte count), so lower is better
+everywhere; the geometric mean
 is over every time and throughput cell where both have a result (memory is reported, not
 averaged).  A workload that fails or exceeds ``--timeout`` on one filesystem (the FUSE daemon is
 killed to unblock it) is reported as failed with its error; the run goes on.  Every mount is
