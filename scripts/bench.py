@@ -37,24 +37,22 @@ The 100k-file tree for the RSS measurement is a separate lower built on first us
     RSS tree           100000 files          10000
     repetitions        5                     3 (fewer if the 105 s budget runs out)
 
-Method.  For every repetition, workload and filesystem, the layers are mounted afresh on a fresh,
+Method. For every repetition, workload and filesystem, the layers are mounted afresh on a fresh,
 empty upper/work; the page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``) and the
-workload is timed ("cold"); then it is timed again on the same mount ("warm").  Workloads that
-consume lower state (copy-up, chmod, rename, rm -rf, compileall, one-byte change of a large
-file) have two disjoint, identical target sets: the cold run uses one, and the warm run uses the
-other after an untimed read-only pass over it (stat and read every file) on the same mount,
-and a ``sync`` so that the cold run's dirty data is not being written back meanwhile.
-seq-write creates a new file each run and is timed to ``close()`` (data handed to the
-filesystem, no fsync).  Medians over the repetitions are reported; repetitions interleave the
-filesystems so drift hits all of them alike, and each repetition starts with the next one in
-turn, so no filesystem always runs right after the same other one.  Ratios are unionfs / peer
-on times (throughputs are inverted: time for the fixed byte count), so lower is better
-everywhere; the geometric mean
-is over every time and throughput cell where both have a result (memory is reported, not
-averaged).  A workload that fails or exceeds ``--timeout`` on one filesystem (the FUSE daemon is
-killed to unblock it) is reported as failed with its error; the run goes on.  Every mount is
-unmounted on exit, on error and on Ctrl-C; stale mounts of an earlier killed run are removed at
-start.
+workload is timed ("cold"); then it is timed again on the same mount ("warm"). Workloads that
+consume lower state (copy-up, chmod, rename, rm -rf, compileall, one-byte change of a large file)
+have two disjoint, identical target sets: the cold run uses one, and the warm run uses the other
+after an untimed read-only pass over it (stat and read every file) on the same mount, and a
+``sync`` so that the cold run's dirty data is not being written back meanwhile. seq-write creates a
+new file each run and is timed to ``close()`` (data handed to the filesystem, no fsync). Medians
+over the repetitions are reported; repetitions interleave the filesystems so drift hits all of them
+alike, and each repetition starts with the next one in turn, so no filesystem always runs right
+after the same other one. Ratios are unionfs / peer on times (throughputs are inverted: time for
+the fixed byte count), so lower is better everywhere; the geometric mean is over every time and
+throughput cell where both have a result (memory is reported, not averaged). A workload that fails
+or exceeds ``--timeout`` on one filesystem (the FUSE daemon is killed to unblock it) is reported as
+failed with its error; the run goes on. Every mount is unmounted on exit, on error and on Ctrl-C;
+stale mounts of an earlier killed run are removed at start.
 
 Caveat: on a VM whose host reclaims free guest memory (balloon / free page reporting), fresh
 page-cache pages fault in from the host, so seq-write, modify-big and other data-heavy cells
