@@ -50,6 +50,62 @@ int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
     return libfuse_reply_open(req, fi);
 }
 
+/*
+ * No-opendir mode.  Answering OPENDIR with ENOSYS makes the kernel open directories itself, with
+ * FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, and never send OPENDIR or RELEASEDIR again: a warm walk
+ * then costs no request at all.  READDIRPLUS then comes with file handle 0, and pyfuse3 passes
+ * the readdir handler only the file handle, not the inode.  So pyfuse3's session is created
+ * with our readdirplus in front of its own: a request without a handle gets the directory's
+ * inode as its handle.  unionfs only answers ENOSYS once sessions_wrapped() says this is in
+ * place (unionfs never hands out file handle 0).
+ */
+typedef void (*readdirplus_fn)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
+typedef struct fuse_session *(*session_new_fn)(struct fuse_args *, const struct fuse_lowlevel_ops *,
+                                               size_t, void *);
+
+static readdirplus_fn pyfuse3_readdirplus;
+static struct fuse_lowlevel_ops wrapped_ops;
+static unsigned long long sessions;
+
+static void readdirplus_with_inode(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                                   struct fuse_file_info *fi)
+{
+    struct fuse_file_info with_inode;
+
+    if (fi != NULL && fi->fh == 0) {
+        with_inode = *fi;
+        with_inode.fh = ino;
+        fi = &with_inode;
+    }
+    pyfuse3_readdirplus(req, ino, size, off, fi);
+}
+
+struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
+                                      size_t op_size, void *userdata)
+{
+    static session_new_fn libfuse_session_new;
+
+    if (libfuse_session_new == NULL) {
+        libfuse_session_new = (session_new_fn)dlsym(RTLD_NEXT, "fuse_session_new");
+        if (libfuse_session_new == NULL)
+            return NULL;
+    }
+    if (op == NULL || op_size != sizeof(wrapped_ops) || op->readdirplus == NULL)
+        return libfuse_session_new(args, op, op_size, userdata);
+    wrapped_ops = *op;
+    pyfuse3_readdirplus = op->readdirplus;
+    wrapped_ops.readdirplus = readdirplus_with_inode;
+    sessions++;
+    return libfuse_session_new(args, &wrapped_ops, op_size, userdata);
+}
+
+static PyObject *sessions_wrapped(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(sessions);
+}
+
 static PyObject *replies(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -60,6 +116,8 @@ static PyObject *replies(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"replies", replies, METH_NOARGS,
      "How many opendir replies asked the kernel to cache the listing."},
+    {"sessions_wrapped", sessions_wrapped, METH_NOARGS,
+     "How many FUSE sessions were created with the readdirplus wrapper in place."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,11 +1,13 @@
 """Kernel-cached directory listings: loading ``unionfs._cachedir`` ahead of pyfuse3.
 
-With a listing cached by the kernel (FOPEN_CACHE_DIR), a warm walk of a directory costs one
-OPENDIR and one RELEASEDIR request instead of a READDIRPLUS per page of entries, which is
-what keeps fuse-overlayfs ahead on warm ``ls -R``, ``find`` and ``git status``.  pyfuse3
-cannot set that flag; the C module ``_cachedir`` (see its source) supplies the
-``fuse_reply_open`` that pyfuse3 binds to and sets it for directory handles that carry
-:data:`flag`.
+With a listing cached by the kernel (FOPEN_CACHE_DIR), a warm walk of a directory costs no
+READDIRPLUS request.  pyfuse3 cannot ask for that; the C module ``_cachedir`` (see its source)
+can, two ways.  Normally the mount answers OPENDIR with ENOSYS: the kernel then opens every
+directory itself with the listing cached and never sends OPENDIR or RELEASEDIR again, so a warm
+walk costs nothing; ``_cachedir`` wraps pyfuse3's readdirplus so such requests carry the
+directory's inode (:func:`without_opendir`).  Failing that, ``_cachedir`` supplies the
+``fuse_reply_open`` pyfuse3 binds to and sets the flag for directory handles carrying
+:data:`flag` (a warm walk then costs OPENDIR + RELEASEDIR per directory, as fuse-overlayfs).
 
 The module must be in the global symbol scope before pyfuse3's extension is loaded, so
 ``unionfs/__init__.py`` calls :func:`load` first thing.  Without it (not built, or pyfuse3
@@ -44,6 +46,16 @@ def load() -> None:
 def strip(fh: int) -> int:
     """The directory handle without :data:`flag` (whether or not the kernel saw it)."""
     return fh & ~flag if flag else fh
+
+
+def without_opendir() -> bool:
+    """Whether this process's FUSE session has the readdirplus wrapper in front of pyfuse3's
+    (so OPENDIR may be answered ENOSYS and the kernel opens directories itself, caching)."""
+    if not flag:
+        return False
+    from unionfs import _cachedir
+
+    return _cachedir.sessions_wrapped() > 0
 
 
 def replies() -> int:

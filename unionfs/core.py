@@ -50,7 +50,10 @@ class UnionFS:
         self.files = Files(self.tree, writeback=spec.writeback)
         self.xattrs = Xattrs(self.tree)
         self.dirs: dict[int, DirHandle] = {}
-        self._next_dh = 1
+        self._next_dh = 1  # never 0: a readdir without a handle has 0 (see listing_of)
+        self.listings: dict[int, DirHandle] = {}
+        """Directories read without an open handle (the kernel opens directories itself), by
+        inode: the snapshot of their last listing from offset 0."""
 
     def close(self) -> None:
         for fh in list(self.files.handles):
@@ -69,9 +72,25 @@ class UnionFS:
         return dh
 
     def readdir(self, dh: int, start: int) -> Iterator[DirEntry]:
+        """Entries of the open directory ``dh`` from offset ``start``."""
+        return self._entries(self.dir_handle(dh), start)
+
+    def readdir_unopened(self, ino: int, start: int) -> Iterator[DirEntry]:
+        """Entries of directory ``ino`` from offset ``start``, read without an open handle: a
+        listing from offset 0 takes a snapshot that later offsets continue.  It is kept past
+        its end (the kernel asks once more there, and must get nothing) until the next listing
+        from offset 0 or until the kernel forgets the directory."""
+        node = self.node(ino)
+        if not node.is_dir:
+            raise oserror(errno.ENOTDIR)
+        handle = self.listings.get(ino)
+        if handle is None or handle.node is not node:
+            handle = self.listings[ino] = DirHandle(node)
+        return self._entries(handle, start)
+
+    def _entries(self, handle: DirHandle, start: int) -> Iterator[DirEntry]:
         """Entries from offset ``start``: ``.`` and ``..`` first, then the snapshot, each
         checked again if the tree changed since it was taken (never a deleted entry)."""
-        handle = self.dir_handle(dh)
         tree = self.tree
         parent = handle.node
         if handle.entries is None or start == 0:  # first read, or rewinddir: list (again)
@@ -106,6 +125,9 @@ class UnionFS:
 
     def forget(self, ino: int, count: int) -> None:
         node = self.tree.table.forget(ino, count)
-        if node is not None and node.fd is not None and node.opens == 0:
+        if node is None:
+            return
+        self.listings.pop(ino, None)
+        if node.fd is not None and node.opens == 0:
             os.close(node.fd)
             node.fd = None

@@ -251,14 +251,23 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         with self.guard["opendir"]:
-            dh = self.fs.opendir(self.fs.node(inode))
-            # The kernel may keep the listing: every change to it goes through this mount.
+            node = self.fs.node(inode)
+            # The kernel may keep listings: every change to them goes through this mount.
+            if self.timeout > 0 and cachedir.without_opendir():
+                # The kernel then opens directories itself, listings cached, and never asks
+                # again; its readdirs carry the directory's inode (see unionfs/cachedir.py).
+                raise pyfuse3.FUSEError(errno.ENOSYS)
+            dh = self.fs.opendir(node)
             return pyfuse3.FileHandleT(dh | cachedir.flag if self.timeout > 0 else dh)
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
         with self.guard["readdir"]:
-            for offset, name, node, counted in self.fs.readdir(cachedir.strip(fh), start_id):
+            if self.timeout > 0 and cachedir.without_opendir():
+                entries = self.fs.readdir_unopened(fh, start_id)  # fh: the inode (see opendir)
+            else:
+                entries = self.fs.readdir(cachedir.strip(fh), start_id)
+            for offset, name, node, counted in entries:
                 if not pyfuse3.readdir_reply(token, name, self._entry(node), offset + 1):
                     if counted and node.lookups == 0:
                         self.fs.forget(node.ino, 0)
