@@ -1,17 +1,17 @@
 /*
- * unionfs._cachedir: lets unionfs ask the kernel to cache directory listings.
+ * unionfs._cachedir: lets unionfs have the kernel cache directory listings.
  *
- * FUSE can keep a directory's listing in the page cache (FOPEN_CACHE_DIR, set through
- * fuse_file_info.cache_readdir in the opendir reply); a warm `ls -R` or `git status` then reads
- * directories without asking the daemon.  pyfuse3 3.x has no way to set that bit: its opendir
- * handler replies with libfuse's fuse_reply_open() on a fuse_file_info Python never sees.
+ * FUSE can keep a directory's listing in the page cache (FOPEN_CACHE_DIR); a warm `ls -R`,
+ * `find` or `git status` then reads directories without asking the daemon.  pyfuse3 3.x has
+ * no way to ask for it.  Loaded with RTLD_GLOBAL before pyfuse3 (see unionfs/cachedir.py), this
+ * module's definitions are the ones pyfuse3's references bind to; each forwards to libfuse's
+ * own (found with RTLD_NEXT: this module links libfuse3, the one pyfuse3 is built against).
  *
- * This module defines fuse_reply_open() itself.  Loaded with RTLD_GLOBAL before pyfuse3 (see
- * unionfs/cachedir.py), it is the definition pyfuse3's reference binds to; it calls libfuse's
- * own fuse_reply_open() (found with RTLD_NEXT: this module links libfuse3) and changes one
- * thing: a reply whose file handle carries CACHE_DIR_FLAG is sent with the flag removed and
- * cache_readdir + keep_cache set (without keep_cache the kernel drops the cached listing at
- * every opendir).  Only unionfs's opendir sets the flag; every other reply passes unchanged.
+ * fuse_session_new(): see "No-opendir mode" below (the normal way).
+ * fuse_reply_open(): the fallback.  A reply whose file handle carries CACHE_DIR_FLAG is sent
+ * with the flag removed and cache_readdir + keep_cache set (without keep_cache the kernel drops
+ * the cached listing at every opendir).  Only unionfs's opendir sets the flag; every other
+ * reply passes unchanged.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
