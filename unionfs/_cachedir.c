@@ -56,16 +56,28 @@ int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
  * then costs no request at all.  READDIRPLUS then comes with file handle 0, and pyfuse3 passes
  * the readdir handler only the file handle, not the inode.  So pyfuse3's session is created
  * with our readdirplus in front of its own: a request without a handle gets the directory's
- * inode as its handle.  unionfs only answers ENOSYS once sessions_wrapped() says this is in
- * place (unionfs never hands out file handle 0).
+ * inode as its handle.  unionfs only answers ENOSYS once without_opendir() says this is in
+ * place and the kernel said at init that it can do without OPENDIR (Linux 5.1 and later); it
+ * never hands out file handle 0.
  */
 typedef void (*readdirplus_fn)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
 typedef struct fuse_session *(*session_new_fn)(struct fuse_args *, const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
+typedef void (*init_fn)(void *, struct fuse_conn_info *);
+
 static readdirplus_fn pyfuse3_readdirplus;
+static init_fn pyfuse3_init;
 static struct fuse_lowlevel_ops wrapped_ops;
 static unsigned long long sessions;
+static int kernel_opens_directories; /* FUSE_CAP_NO_OPENDIR_SUPPORT (Linux 5.1) */
+
+static void init_noting_capabilities(void *userdata, struct fuse_conn_info *conn)
+{
+    kernel_opens_directories = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
+    if (pyfuse3_init != NULL)
+        pyfuse3_init(userdata, conn);
+}
 
 static void readdirplus_with_inode(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                                    struct fuse_file_info *fi)
@@ -95,15 +107,17 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     wrapped_ops = *op;
     pyfuse3_readdirplus = op->readdirplus;
     wrapped_ops.readdirplus = readdirplus_with_inode;
+    pyfuse3_init = op->init;
+    wrapped_ops.init = init_noting_capabilities;
     sessions++;
     return libfuse_session_new(args, &wrapped_ops, op_size, userdata);
 }
 
-static PyObject *sessions_wrapped(PyObject *self, PyObject *unused)
+static PyObject *without_opendir(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    return PyLong_FromUnsignedLongLong(sessions);
+    return PyBool_FromLong(sessions > 0 && kernel_opens_directories);
 }
 
 static PyObject *replies(PyObject *self, PyObject *unused)
@@ -116,8 +130,9 @@ static PyObject *replies(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"replies", replies, METH_NOARGS,
      "How many opendir replies asked the kernel to cache the listing."},
-    {"sessions_wrapped", sessions_wrapped, METH_NOARGS,
-     "How many FUSE sessions were created with the readdirplus wrapper in place."},
+    {"without_opendir", without_opendir, METH_NOARGS,
+     "Whether the session has the readdirplus wrapper and the kernel can open directories "
+     "itself (FUSE_CAP_NO_OPENDIR_SUPPORT)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -49,13 +49,14 @@ def strip(fh: int) -> int:
 
 
 def without_opendir() -> bool:
-    """Whether this process's FUSE session has the readdirplus wrapper in front of pyfuse3's
-    (so OPENDIR may be answered ENOSYS and the kernel opens directories itself, caching)."""
+    """Whether OPENDIR may be answered ENOSYS, the kernel then opening directories itself
+    (listings cached): this process's FUSE session has the readdirplus wrapper in front of
+    pyfuse3's, and the kernel said at init that it can do without OPENDIR (Linux 5.1+)."""
     if not flag:
         return False
     from unionfs import _cachedir
 
-    return _cachedir.sessions_wrapped() > 0
+    return _cachedir.without_opendir()
 
 
 def replies() -> int:
