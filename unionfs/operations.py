@@ -87,6 +87,12 @@ class Operations(pyfuse3.Operations):
         self.timeout = fs.spec.timeout
         self.enable_writeback_cache = fs.spec.writeback
         self.guard = {op: Guard(op, self.tree) for op in _GUARDED}
+        self.kernel_opens_dirs = False
+        """OPENDIR is answered ENOSYS; readdirs then carry the inode (decided at init)."""
+
+    def init(self) -> None:
+        # Called from the FUSE init handshake, once the kernel's capabilities are known.
+        self.kernel_opens_dirs = self.timeout > 0 and cachedir.without_opendir()
 
     def _entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         # The names of a lower hardlink are not cached by the kernel: it then looks the name
@@ -253,7 +259,7 @@ class Operations(pyfuse3.Operations):
         with self.guard["opendir"]:
             node = self.fs.node(inode)
             # The kernel may keep listings: every change to them goes through this mount.
-            if self.timeout > 0 and cachedir.without_opendir():
+            if self.kernel_opens_dirs:
                 # The kernel then opens directories itself, listings cached, and never asks
                 # again; its readdirs carry the directory's inode (see unionfs/cachedir.py).
                 raise pyfuse3.FUSEError(errno.ENOSYS)
@@ -263,7 +269,7 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
         with self.guard["readdir"]:
-            if self.timeout > 0 and cachedir.without_opendir():
+            if self.kernel_opens_dirs:
                 entries = self.fs.readdir_unopened(fh, start_id)  # fh: the inode (see opendir)
             else:
                 entries = self.fs.readdir(cachedir.strip(fh), start_id)
