@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from mt_helpers import kernel_overlay, merge_layers, plain_tree
+from mt_helpers import kernel_view, merge_layers, plain_tree
 from test_mt_cli import Run
 
 from mounttool.demo import NAME, write_archive
@@ -37,22 +36,16 @@ def test_demo_image(tmp_path: Path, capsys: object) -> None:
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount overlayfs")
-def test_kernel_overlayfs_on_opaque_dirs_and_whiteouts(tmp_path: Path) -> None:
+def test_kernel_viewfs_on_opaque_dirs_and_whiteouts(tmp_path: Path) -> None:
     """The demo image (opaque dir, whiteouts, replaced files) read by kernel overlayfs."""
     write_archive(tmp_path / "demo.tar")
     images = ImageStore(Store(tmp_path / "s"))
     (loaded,) = load_path(images, tmp_path / "demo.tar")
     info = images.info(images.load(), loaded.id)
     layers = [images.layers.diff_dir(c) for c in reversed(info.chain_ids)]
-    mnt = tmp_path / "kmnt"
-    why = kernel_overlay(layers, mnt)
-    if why:
-        pytest.skip(f"kernel overlayfs not available here: {why}")
-    try:
+    with kernel_view(layers, tmp_path / "kmnt") as mnt:
         got = plain_tree(mnt)
-        assert got == merge_layers(layers)
-        assert sorted(k for k in got if k.startswith(("etc/", "var/lib/demo/"))) == [
-            "etc/app.conf", "etc/hostname", "etc/os-release", "var/lib/demo/state"]
-        assert "usr/share/doc/demo" not in got
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+    assert got == merge_layers(layers)
+    assert sorted(k for k in got if k.startswith(("etc/", "var/lib/demo/"))) == [
+        "etc/app.conf", "etc/hostname", "etc/os-release", "var/lib/demo/state"]
+    assert "usr/share/doc/demo" not in got
