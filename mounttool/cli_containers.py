@@ -105,7 +105,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
                 print(path)
                 continue
             if is_mounted(c):
-                mounting.umount(Path(c.mountpoint))
+                mounting.umount(Path(c.mountpoint), containers.work(c))
             containers.save(replace(c, mountpoint=""))
             print(c.name)
     return 0
@@ -153,7 +153,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
                                     "it first or use -f")
         for c in doomed:
             if is_mounted(c):
-                mounting.umount(Path(c.mountpoint))
+                mounting.umount(Path(c.mountpoint), containers.work(c))
             containers.remove(c)
             print(c.name)
     return 0

@@ -2,23 +2,27 @@
 
 The unionfs CLI daemonizes once the mount is live and reports it on ``--ready-fd``; this module
 waits for that line with a deadline and turns any failure into one MountToolError carrying the
-last line unionfs printed.  Unmounting is ``fusermount3 -u``.
+last line unionfs printed.  Unmounting is ``fusermount3 -u``, then a wait for the daemon to
+release its workdir lock (its last copy-ups are then in the upper dir).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from mounttool.errors import MountToolError
 from unionfs.launch import wait_ready
 
 READY_TIMEOUT = 60.0
+DAEMON_EXIT_TIMEOUT = 60.0
 
 
 def _check_path(p: Path) -> str:
@@ -72,13 +76,38 @@ def mount(lowers: list[Path], upper: Path | None, work: Path | None, mnt: Path,
         raise MountToolError(f"mounting {mnt} failed: {why}")
 
 
-def umount(mnt: Path) -> None:
+def umount(mnt: Path, workdir: Path | None = None, timeout: float = DAEMON_EXIT_TIMEOUT) -> None:
+    """Unmount ``mnt``; with the mount's ``workdir``, also wait until its daemon has finished
+    (its last copy-ups published in the upper dir), which the kernel's unmount does not."""
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u", str(mnt)] if tool else ["umount", str(mnt)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
     if res.returncode != 0:
         why = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1]
         raise MountToolError(f"unmounting {mnt} failed: {why}")
+    if workdir is not None:
+        wait_for_daemon(workdir, timeout)
+
+
+def wait_for_daemon(workdir: Path, timeout: float) -> None:
+    """Wait until no unionfs daemon holds ``workdir`` (each holds a shared flock on it)."""
+    try:
+        fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise MountToolError(f"the unionfs daemon of {workdir} is still running "
+                                         f"{timeout:.0f} s after the unmount") from None
+                time.sleep(0.01)
+    finally:
+        os.close(fd)  # drops the lock too
 
 
 def live_mounts() -> set[str]:

@@ -11,22 +11,30 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import shutil
 import stat
 
 from unionfs.layers import Layer, at, split
-from unionfs.nodes import Key
+from unionfs.nodes import Key, Node
+from unionfs.publish import Publication, Publisher
 from unionfs.whiteout import WhiteoutFormat, proc_path
 
 
 class WorkDir:
-    """``<workdir>/work``: the scratch directory for atomic builds, emptied at every mount."""
+    """``<workdir>/work``: the scratch directory for atomic builds, emptied at every mount.
+
+    The workdir itself is flock'ed (shared) for as long as the daemon uses it, released only
+    once its last copy-up is published: ``flock WORKDIR true`` after an unmount waits until
+    the upper directory is complete (the kernel does not wait for a FUSE daemon to finish).
+    """
 
     def __init__(self, workdir: bytes) -> None:
         self.base_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         """The workdir itself (the hardlink index lives in ``index/`` there)."""
+        fcntl.flock(self.base_fd, fcntl.LOCK_SH)
         with contextlib.suppress(FileExistsError):
             os.mkdir(b"work", 0o700, dir_fd=self.base_fd)
         self.fd = os.open(b"work", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
@@ -134,11 +142,14 @@ def set_metadata(fd: int, st: os.stat_result, xattr_source: int | bytes, fmt: Wh
 class Copier:
     """Builds copies of lower entries in the work dir and renames them into the upper layer."""
 
-    def __init__(self, upper: Layer, work: WorkDir, fmt: WhiteoutFormat, fsync: bool) -> None:
+    def __init__(self, upper: Layer, work: WorkDir, fmt: WhiteoutFormat, fsync: bool,
+                 publisher: Publisher | None = None) -> None:
         self.upper = upper
         self.work = work
         self.fmt = fmt
         self.fsync = fsync
+        self.publisher = publisher
+        """Publishes regular files in the background (when copy-ups are synced)."""
         self.umask = current_umask()
         """Read once: the daemon sets it (to 0) before it builds the union."""
 
@@ -162,13 +173,28 @@ class Copier:
         os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns), dir_fd=self.upper.fd)
         return key
 
+    def start(self, node: Node, src: Layer, rel: bytes, st: os.stat_result,
+              with_data: bool = True) -> tuple[Key, int]:
+        """Copy the regular file ``rel`` of layer ``src`` (the data of ``node``) into the work
+        dir and leave its publication to the publisher; returns the copy's (device, inode)
+        and an fd on it, which reaches it until it is published."""
+        assert self.publisher is not None and stat.S_ISREG(st.st_mode)
+        tmp = self.work.temp_name()
+        try:
+            key, fd = self._build_file(src, rel, st, tmp, with_data, publish_later=True)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        self.publisher.submit(Publication(node, tmp, rel, fd, key, src.index))
+        return key, fd
+
     def build(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
               with_data: bool) -> Key:
         """Create ``tmp`` in the work dir as a copy of ``rel`` (metadata, and data if asked)."""
         mode = stat.S_IFMT(st.st_mode)
         wfd = self.work.fd
         if mode == stat.S_IFREG:
-            return self._build_file(src, rel, st, tmp, with_data)
+            return self._build_file(src, rel, st, tmp, with_data)[0]
         if mode == stat.S_IFDIR:
             os.mkdir(tmp, 0o700, dir_fd=wfd)
         elif mode == stat.S_IFLNK:
@@ -180,8 +206,9 @@ class Copier:
         return done.st_dev, done.st_ino
 
     def _build_file(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
-                    with_data: bool) -> Key:
-        """A regular file: everything through its descriptor, synced before it gets a name."""
+                    with_data: bool, publish_later: bool = False) -> tuple[Key, int]:
+        """A regular file: everything through its descriptor, synced before it gets a name
+        (here, or by the publisher when ``publish_later``: the fd is then returned open)."""
         mode = stat.S_IMODE(st.st_mode)
         # Owned as the daemon would create it and no mode bit the umask takes away: create
         # it with its final mode (the work dir is 0700: no one else sees it meanwhile).
@@ -198,12 +225,16 @@ class Copier:
             finally:
                 if inp is not None:
                     os.close(inp)
-            if self.fsync:
+            if self.fsync and not publish_later:
                 os.fsync(out)
             done = os.fstat(out)
-        finally:
+        except BaseException:
             os.close(out)
-        return done.st_dev, done.st_ino
+            raise
+        if publish_later:
+            return (done.st_dev, done.st_ino), out
+        os.close(out)
+        return (done.st_dev, done.st_ino), -1
 
     def finish(self, tmp: bytes, st: os.stat_result, source: bytes | None) -> None:
         """Owner, mode, xattrs and times of ``tmp`` from ``st`` (and ``source``'s xattrs)."""

@@ -51,11 +51,16 @@ class UnionFS:
         self.xattrs = Xattrs(self.tree)
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1  # never 0: a readdir without a handle has 0 (see listing_of)
+        self.closed = False
         self.listings: dict[int, DirHandle] = {}
         """Directories read without an open handle (the kernel opens directories itself), by
         inode: the snapshot of their last listing from offset 0."""
 
     def close(self) -> None:
+        """Release every handle, publish pending copy-ups, close the layers (once)."""
+        if self.closed:
+            return
+        self.closed = True
         for fh in list(self.files.handles):
             self.files.release(fh)
         self.tree.close()

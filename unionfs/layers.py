@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from unionfs.whiteout import proc_path
 
@@ -36,21 +36,33 @@ def at(rel: bytes) -> bytes:
 class Layer:
     """A read-only lower directory or the writable upper directory, reached through an fd."""
 
-    __slots__ = ("dev", "fd", "index", "root", "writable")
+    __slots__ = ("barrier", "dev", "dirfd", "index", "root", "writable")
 
     def __init__(self, index: int, root: bytes, writable: bool) -> None:
         self.index = index
         self.root = root
         self.writable = writable
-        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.dev = os.fstat(self.fd).st_dev
+        self.dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        """The layer's directory fd, reached without the barrier: only for the copy-up
+        publisher's thread (see ``unionfs.publish``); everything else uses :attr:`fd`."""
+        self.dev = os.fstat(self.dirfd).st_dev
+        self.barrier: Callable[[], None] | None = None
+        """Called before the fd is handed out: the upper layer's waits for copy-ups still
+        being published, so nothing sees the layer between a copy and its publication."""
+
+    @property
+    def fd(self) -> int:
+        """The layer's directory fd, for ``*at`` calls (after the barrier, if any)."""
+        if self.barrier is not None:
+            self.barrier()
+        return self.dirfd
 
     def __repr__(self) -> str:
         kind = "upper" if self.writable else "lower"
         return f"Layer({self.index}, {self.root!r}, {kind})"
 
     def close(self) -> None:
-        os.close(self.fd)
+        os.close(self.dirfd)
 
     # -- reading -------------------------------------------------------------------------
 

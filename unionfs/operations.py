@@ -39,7 +39,7 @@ class Guard:
         self.tree = tree
 
     def __enter__(self) -> None:
-        return None
+        self.tree.tidy()  # between requests: copies published since the last one
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:

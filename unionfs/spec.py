@@ -49,6 +49,9 @@ class MountSpec:
     allow_other: bool = False
     debug: bool = False
     fsync: bool = True
+    background_sync: bool = True
+    """Synced copy-ups of regular files are published by a worker thread (unionfs.publish)
+    instead of inside the request that made them."""
     timeout: float = 300.0
     writeback: bool = False
     """Kernel writeback cache: small writes are batched in the page cache."""
@@ -108,7 +111,8 @@ def parse(option_strings: list[str], mountpoint: str, is_root: bool | None = Non
     warnings: list[str] = []
     for item in _split_options(option_strings):
         key, eq, value = item.partition("=")
-        if key in ("lowerdir", "upperdir", "workdir", "fsync", "timeout", "writeback"):
+        if key in ("lowerdir", "upperdir", "workdir", "fsync", "timeout", "writeback",
+                   "copyup_sync"):
             if not eq or not value:
                 raise SpecError(f"option '{key}' needs a value")
             values[key] = value
@@ -135,6 +139,10 @@ def parse(option_strings: list[str], mountpoint: str, is_root: bool | None = Non
         timeout = 0.0
     fsync = _switch(values.get("fsync", "1"), "fsync") and "volatile" not in flags
     writeback = _switch(values.get("writeback", "0"), "writeback")
+    copyup_sync = values.get("copyup_sync", "background")
+    if copyup_sync not in ("background", "inline"):
+        raise SpecError(f"option 'copyup_sync={copyup_sync}' is not supported "
+                        "(accepted: background, inline)")
     fmt = USERXATTR_FORMAT if "userxattr" in flags or not is_root else KERNEL_FORMAT
     if not is_root and upper is not None:
         fmt = WhiteoutFormat(fmt.xattr_prefix, dot_wh=True)
@@ -148,6 +156,7 @@ def parse(option_strings: list[str], mountpoint: str, is_root: bool | None = Non
         allow_other=("allow_other" in flags or is_root),
         debug="debug" in flags,
         fsync=fsync,
+        background_sync=copyup_sync == "background",
         timeout=timeout,
         writeback=writeback,
         whiteout=fmt,

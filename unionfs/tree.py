@@ -19,6 +19,7 @@ from unionfs.hardlinks import HardlinkIndex
 from unionfs.layers import Layer, at, join
 from unionfs.merge import LayerStack, Resolved
 from unionfs.nodes import InodeTable, InoPolicy, Key, Node
+from unionfs.publish import Publisher
 from unionfs.spec import MountSpec
 from unionfs.whiteout import proc_path
 
@@ -72,9 +73,13 @@ class Tree:
         self.work: WorkDir | None = None
         self.copier: Copier | None = None
         self.index: HardlinkIndex | None = None
+        self.publisher: Publisher | None = None
         if spec.writable and spec.work is not None:
             self.work = WorkDir(spec.work)
-            self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync)
+            if spec.fsync and spec.background_sync:
+                self.publisher = Publisher(layers[0].dirfd, self.work.fd)
+                layers[0].barrier = self.publisher.settle
+            self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync, self.publisher)
             self.index = HardlinkIndex(self.work.base_fd, self.fmt, layers[1:])
         self.name_max = min(os.fstatvfs(layer.fd).f_namemax for layer in layers)
         """The longest name every layer can hold (longer ones are ENAMETOOLONG, as below)."""
@@ -91,6 +96,9 @@ class Tree:
         self.root = self.table.add_root(root.layer, root.dir_layers, key_of(root.st))
 
     def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+            self.tidy()
         for layer in self.layers:
             layer.close()
         if self.index is not None:
@@ -99,6 +107,43 @@ class Tree:
             self.work.close()
 
     # -- shared helpers ---------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Wait until every copy-up is published in the upper layer (done by the upper
+        layer's fd already; an fsync through a handle needs it explicitly)."""
+        if self.publisher is not None:
+            self.publisher.settle()
+
+    def tidy(self) -> None:
+        """Nodes whose copies are published reach them by name again; a copy-up whose
+        publication failed is undone (its node shows the lower file again).  Called between
+        requests, never in the middle of one: it changes ``node.fd``."""
+        if self.publisher is None or not self.publisher.finished:
+            return
+        for pub in self.publisher.take_finished():
+            for warning in pub.warnings:
+                log.warning("%s", warning)
+            node = pub.node
+            owned = node.fd == pub.fd
+            if pub.error is None:
+                if owned and node.parent is not None:  # unlinked: the fd is its data now
+                    os.close(pub.fd)
+                    node.fd = None
+                    node.st = None
+                continue
+            log.error("copy-up of %r could not be published (%s): the change made to it "
+                      "through the mount is lost", pub.rel, pub.error.strerror)
+            assert self.copier is not None
+            self.copier.discard(pub.tmp)
+            self.table.drop_key(node, pub.key)
+            if owned:
+                os.close(pub.fd)
+                node.fd = None
+            node.layer = pub.lower_layer
+            node.st = None
+            node.data_gen += 1
+            if node.parent is not None:
+                node.parent.listing = None
 
     @property
     def upper(self) -> Layer:
@@ -302,7 +347,12 @@ class Tree:
         lower_st = src.lstat(rel)
         if lower_st is None:
             raise oserror(errno.ENOENT, rel)
-        key = copier.copy(src, rel, lower_st, with_data)
+        hardlink = node.origin is not None and self.index is not None
+        if copier.publisher is not None and stat.S_ISREG(lower_st.st_mode) and not hardlink:
+            # Reached through an fd until the publisher has synced it and given it its name.
+            key, node.fd = copier.start(node, src, rel, lower_st, with_data)
+        else:
+            key = copier.copy(src, rel, lower_st, with_data)
         log.debug("copied up %r from layer %d", rel, node.layer)
         node.st = None
         node.parent.listing = None

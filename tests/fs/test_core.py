@@ -29,14 +29,21 @@ class Union:
     def __init__(self, tmp: Path, lowers: list[dict[str, object]], upper: dict[str, object]):
         self.lower_paths = [make_tree(tmp / f"l{i}", spec) for i, spec in  # type: ignore[arg-type]
                             enumerate(lowers)]
-        self.upper = make_tree(tmp / "u", upper)  # type: ignore[arg-type]
+        self.upper_path = make_tree(tmp / "u", upper)  # type: ignore[arg-type]
         (tmp / "w").mkdir()
         (tmp / "m").mkdir()
         self.hashes = [tree_hash(p) for p in self.lower_paths]
-        spec = parse([f"lowerdir={':'.join(map(str, self.lower_paths))},upperdir={self.upper},"
+        spec = parse([f"lowerdir={':'.join(map(str, self.lower_paths))},upperdir={self.upper_path},"
                       f"workdir={tmp / 'w'}"], str(tmp / "m"))
         self.fs = UnionFS(spec)
         self.tree = self.fs.tree
+
+    @property
+    def upper(self) -> Path:
+        """The upper directory, as a request would find it: copy-ups published."""
+        self.tree.settle()
+        self.tree.tidy()
+        return self.upper_path
 
     def node(self, path: str) -> Node:
         node = self.tree.root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support.mounted import Mounted, kernel_overlay, unionfs_mount
+from support.mounted import Mounted, kernel_overlay, unionfs_mount, unmount
 from support.trees import Dir, File, HardLink, Symlink, Whiteout, make_tree, read_tree, tree_hash
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
@@ -251,3 +252,53 @@ def test_stop_signal_while_idle_unmounts_cleanly(layers: Layers, signum: int) ->
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
     assert not os.path.ismount(layers["mnt"])
+
+
+def test_copy_ups_are_published_in_the_background(public_tmp: Path) -> None:
+    """Many copy-ups in a row: each answered before its sync, the daemon's fds stay bounded
+    (the publisher keeps up), and after the unmount the workdir lock is released only once
+    every copy is in the upper dir, synced and named."""
+    names = [f"f{i:03d}" for i in range(300)]
+    lower = make_tree(public_tmp / "l", {f"d/{n}": n.encode() * 100 for n in names})
+    upper, work = public_tmp / "u", public_tmp / "w"
+    upper.mkdir()
+    work.mkdir()
+    with unionfs_mount(public_tmp / "m", [lower], upper, work) as m:
+        fds_before = len(os.listdir(f"/proc/{m.process.pid}/fd"))
+        most = 0
+        for n in names:
+            os.chmod(m.path / "d" / n, 0o600)
+            most = max(most, len(os.listdir(f"/proc/{m.process.pid}/fd")))
+        assert most - fds_before < 2 * 16 + 8  # two fds per queued copy at most, and a few
+        assert all(stat.S_IMODE(os.stat(m.path / "d" / n).st_mode) == 0o600 for n in names)
+        unmount(m.path)
+        lock = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the daemon to finish
+            modes = {n: stat.S_IMODE(os.lstat(upper / "d" / n).st_mode) for n in names}
+        finally:
+            os.close(lock)
+    assert set(modes.values()) == {0o600}
+    assert (upper / "d" / names[-1]).read_bytes() == names[-1].encode() * 100
+    assert os.listdir(work / "work") == []
+
+
+def test_stop_signal_after_copy_ups_unmounts_cleanly(layers: Layers) -> None:
+    """The publisher's thread blocks every signal: a stop signal reaches the request loop."""
+    read_fd, write_fd = os.pipe()
+    opts = f"lowerdir={layers['base']},upperdir={layers['upper']},workdir={layers['work']}"
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
+                             "-o", opts, str(layers["mnt"])], pass_fds=(write_fd,),
+                            stderr=subprocess.PIPE)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 16) == b"ready\n"
+    finally:
+        os.close(read_fd)
+    os.chmod(layers["mnt"] / "etc/passwd", 0o600)  # starts the publisher's thread
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    assert not os.path.ismount(layers["mnt"])
+    assert stat.S_IMODE(os.lstat(layers["upper"] / "etc/passwd").st_mode) == 0o600

@@ -14,7 +14,8 @@ from unionfs.operations import Guard
 
 
 def guard() -> Guard:
-    return Guard("lookup", SimpleNamespace(stale=set()))  # type: ignore[arg-type]
+    tree = SimpleNamespace(stale=set(), tidy=lambda: None)
+    return Guard("lookup", tree)  # type: ignore[arg-type]
 
 
 def test_oserror_becomes_its_errno() -> None:

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from mt_images import build, write_layout
 from test_mt_cli import Run
 from test_mt_images import BASE, TOP
 
-from mounttool.mounting import live_mounts, umount
+from mounttool.errors import MountToolError
+from mounttool.mounting import live_mounts, umount, wait_for_daemon
 
 
 def _why_not() -> str:
@@ -120,3 +123,34 @@ def test_demo_tour_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "c--------- 1 root root 0, 0" in out  # the whiteout, as ls -l shows it
     assert "D /etc/hostname" in out and "greeting=hallo" in out
     assert not live_mounts() or all("mounttool-tour-" not in m for m in live_mounts())
+
+
+def hold_shared_lock(path: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """flock(1) holding a shared lock on ``path`` for ``seconds``; returns once it is held."""
+    proc = subprocess.Popen(["flock", "-s", str(path), "sh", "-c", f"echo held; sleep {seconds}"],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+    return proc
+
+
+def test_umount_waits_for_the_daemon_to_release_its_workdir(tmp_path: Path) -> None:
+    # A daemon holds a shared flock on its workdir until its last copy-up is published.
+    holder = hold_shared_lock(tmp_path, seconds=0.4)
+    try:
+        started = time.monotonic()
+        wait_for_daemon(tmp_path, timeout=10)
+        assert time.monotonic() - started >= 0.2
+        assert holder.poll() is not None or holder.wait(5) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_daemon_that_never_exits_is_one_error(tmp_path: Path) -> None:
+    holder = hold_shared_lock(tmp_path, seconds=30)
+    try:
+        with pytest.raises(MountToolError, match="still running"):
+            wait_for_daemon(tmp_path, timeout=0.2)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,0 +1,161 @@
+"""Publishing copy-ups in the background: fsync, then rename into the upper layer.
+
+A copy-up of a regular file is built in the work dir by the request that needs it; making it
+durable (fsync: a journal commit, hundreds of microseconds) and giving it its upper name is
+left to one worker thread, so the request is answered as soon as the copy exists.  Until its
+name is published the node reaches the copy through an fd, so its data and attributes already
+are the upper copy's.
+
+The crash guarantee is the kernel's: the name appears in the upper layer only after the copy
+is synced, so a crash leaves either no upper copy or a complete one (what is lost is a change
+not yet published, like any change not yet synced).
+
+Everything else in the upper layer waits: the upper :class:`~unionfs.layers.Layer` calls
+:meth:`Publisher.settle` before it hands out its directory fd, so no lookup, listing, rename,
+unlink or parent-time read ever sees the upper layer between a copy and its publication, and
+nothing but the worker touches the upper layer while one is in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from unionfs.layers import at, split
+from unionfs.nodes import Key, Node
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 16
+"""Copies waiting for publication at most; the next copy-up waits for the worker first (this
+also bounds how long after the last change the upper directory is complete: a few fsyncs)."""
+
+
+@dataclass(eq=False, slots=True)
+class Publication:
+    """One built copy waiting for its upper name."""
+
+    node: Node
+    tmp: bytes
+    """Its name in the work dir."""
+    rel: bytes
+    """Its name in the upper layer."""
+    fd: int
+    """The node's fd on the copy (``node.fd`` until the publication is tidied away)."""
+    key: Key
+    """The copy's (device, inode)."""
+    lower_layer: int
+    """Where the node came from, to go back to if the publication fails."""
+    sync_fd: int = -1
+    """The worker's own fd on the copy (a dup), closed by the worker."""
+    error: OSError | None = None
+    """Set when the rename failed: the copy never got its upper name."""
+    warnings: list[str] = field(default_factory=list)
+
+
+class Publisher:
+    """A worker thread that syncs built copies and renames them into the upper layer, in the
+    order they were submitted."""
+
+    def __init__(self, upper_fd: int, work_fd: int) -> None:
+        self._upper_fd = upper_fd
+        self._work_fd = work_fd
+        self._cond = threading.Condition()
+        self._queue: deque[Publication] = deque()
+        self._busy = 0
+        """Submitted and not yet finished (read without the lock: an int is read whole)."""
+        self._done: list[Publication] = []
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        """Started by the first submission: the daemon forks after the union is built, and a
+        thread does not survive a fork."""
+
+    @property
+    def finished(self) -> bool:
+        """Some publications finished and are waiting for :meth:`take_finished`."""
+        return bool(self._done)
+
+    def submit(self, pub: Publication) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="unionfs-publish",
+                                            daemon=True)
+            self._thread.start()
+        pub.sync_fd = os.dup(pub.fd)
+        with self._cond:
+            self._queue.append(pub)
+            self._busy += 1
+            self._cond.notify_all()
+        if self._busy > QUEUE_LIMIT:
+            self.settle()
+
+    def settle(self) -> None:
+        """Wait until every submitted copy is published (or has failed)."""
+        if not self._busy:
+            return
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+
+    def take_finished(self) -> list[Publication]:
+        """The publications finished since the last call (the caller tidies the nodes)."""
+        with self._cond:
+            done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        """Publish what is pending and stop the worker."""
+        self.settle()
+        if self._thread is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        # Stop signals must reach the request loop's thread, never this one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                pub = self._queue.popleft()
+            try:
+                self._publish(pub)
+            except BaseException as exc:  # never lose the thread: record it as a failure
+                pub.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
+            finally:
+                os.close(pub.sync_fd)
+                with self._cond:
+                    self._busy -= 1
+                    self._done.append(pub)
+                    self._cond.notify_all()
+
+    def _publish(self, pub: Publication) -> None:
+        try:
+            os.fsync(pub.sync_fd)
+        except OSError as exc:
+            # The copy is complete in the page cache, so the mount still shows it; only its
+            # durability is in doubt, as for any write whose writeback failed.
+            pub.warnings.append(f"copy-up of {pub.rel!r} could not be synced: {exc.strerror}")
+        parent = at(split(pub.rel)[0])
+        upper = self._upper_fd
+        times = os.stat(parent, dir_fd=upper)
+        try:
+            os.rename(pub.tmp, pub.rel, src_dir_fd=self._work_fd, dst_dir_fd=upper)
+        except OSError as exc:
+            pub.error = exc
+            return
+        try:
+            # A copy-up is no change to the directory: keep its times, as the kernel does.
+            os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns), dir_fd=upper)
+        except OSError as exc:
+            pub.warnings.append(f"times of {parent!r} not restored after copy-up: "
+                                f"{exc.strerror}")
