@@ -95,7 +95,12 @@ NOSYNC = "unionfs-nosync"
 """unionfs with -o fsync=0: copy-ups not synced, fuse-overlayfs's durability (opt in with
 --only ...,unionfs-nosync); its own ratio column shows the cost of the kernel's durable
 copy-up in the same run."""
-ALL_FILESYSTEMS = (*FILESYSTEMS, NOSYNC)
+INLINE = "unionfs-inline"
+"""unionfs with -o copyup_sync=inline: each copy-up synced and named inside its request, as
+before the background publisher (opt in); its column shows what the publisher buys."""
+VARIANTS = {NOSYNC: ("fsync=0", "nosync"), INLINE: ("copyup_sync=inline", "inline")}
+"""Opt-in unionfs variants: their mount option and the short name of their ratio keys."""
+ALL_FILESYSTEMS = (*FILESYSTEMS, *VARIANTS)
 GENERATOR_VERSION = 3
 SEED = 20261122
 MiB = 1 << 20
@@ -593,8 +598,8 @@ def mount_fs(fs: str, lowers: Sequence[Path], upper: Path, work: Path, mnt: Path
             return m
         if unionfs_opts:
             opts += "," + unionfs_opts
-        if fs == NOSYNC:
-            opts += ",fsync=0"
+        if fs in VARIANTS:
+            opts += "," + VARIANTS[fs][0]
         rfd, wfd = os.pipe()
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         m.proc = subprocess.Popen(
@@ -1015,7 +1020,8 @@ def to_json(res: Results, meta: dict[str, Any]) -> dict[str, Any]:
                                         "errors": c.errors, "items": c.items}
             entry["ratio_fuse"] = ratio(entry, "fuse-overlayfs")
             entry["ratio_kernel"] = ratio(entry, "kernel")
-            entry["ratio_nosync_fuse"] = ratio(entry, "fuse-overlayfs", NOSYNC)
+            for variant, (_, short) in VARIANTS.items():
+                entry[f"ratio_{short}_fuse"] = ratio(entry, "fuse-overlayfs", variant)
             rows.append(entry)
 
     def mean_of(key: str) -> float | None:
@@ -1024,7 +1030,8 @@ def to_json(res: Results, meta: dict[str, Any]) -> dict[str, Any]:
     return {"version": JSON_VERSION, "meta": meta, "filesystems": res.filesystems,
             "cells": rows, "geomean_unionfs_fuse": mean_of("ratio_fuse"),
             "geomean_unionfs_kernel": mean_of("ratio_kernel"),
-            "geomean_nosync_fuse": mean_of("ratio_nosync_fuse"),
+            **{f"geomean_{short}_fuse": mean_of(f"ratio_{short}_fuse")
+               for _, short in VARIANTS.values()},
             "notes": res.notes,
             "daemon_hwm_kib": {f"{w}/{fs}": v for (w, fs), v in res.hwm.items()},
             "extra": res.extra}
@@ -1062,7 +1069,8 @@ def markdown(doc: dict[str, Any]) -> str:
     head = ["workload", "mode", *fss]
     columns = [(f"{ours}/{peer}", key) for ours, peer, key in (
         ("unionfs", "fuse-overlayfs", "ratio_fuse"), ("unionfs", "kernel", "ratio_kernel"),
-        (NOSYNC, "fuse-overlayfs", "ratio_nosync_fuse")) if ours in fss and peer in fss]
+        *((v, "fuse-overlayfs", f"ratio_{short}_fuse") for v, (_, short) in VARIANTS.items()))
+        if ours in fss and peer in fss]
     head += [title for title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in doc["cells"]:
@@ -1074,7 +1082,8 @@ def markdown(doc: dict[str, Any]) -> str:
     out += "ratios are inverted (time for the same bytes); peak-rss is the daemon's VmHWM.\n"
     for key, label in (("geomean_unionfs_fuse", "unionfs/fuse-overlayfs"),
                        ("geomean_unionfs_kernel", "unionfs/kernel"),
-                       ("geomean_nosync_fuse", f"{NOSYNC}/fuse-overlayfs")):
+                       *((f"geomean_{short}_fuse", f"{v}/fuse-overlayfs")
+                         for v, (_, short) in VARIANTS.items())):
         if doc.get(key):
             out += (f"\n**Geometric mean {label}: {doc[key]:.2f}x** "
                     "(all time and throughput cells, cold and warm)")
@@ -1088,7 +1097,7 @@ def markdown(doc: dict[str, Any]) -> str:
     if failure_lines:
         out += "\n\nFailures († = some repetitions failed):\n" + "\n".join(failure_lines)
     hwm = doc.get("daemon_hwm_kib", {})
-    for fs in ("unionfs", NOSYNC, "fuse-overlayfs"):
+    for fs in ("unionfs", *VARIANTS, "fuse-overlayfs"):
         peaks = {k.split("/")[0]: max(v) for k, v in hwm.items() if k.endswith("/" + fs) and v}
         if peaks:
             top = max(peaks, key=lambda k: peaks[k])
@@ -1343,7 +1352,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(__doc__ or "").split("\n\n")[0].strip() + "\n\n" +
         "\n\n".join((__doc__ or "").split("\n\n")[1:3]),
         epilog=f"workloads:\n{wl_help}\n\nfilesystems: {', '.join(FILESYSTEMS)} (default), "
-        f"{NOSYNC} (opt in)\n\n"
+        f"{', '.join(VARIANTS)} (opt in)\n\n"
         "Run as root.  See the module docstring (scripts/bench.py) for the method.")
     p.add_argument("--data", default="/var/tmp/unionfs-bench",
                    help="dataset and scratch directory (default: %(default)s)")

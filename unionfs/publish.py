@@ -11,9 +11,10 @@ is synced, so a crash leaves either no upper copy or a complete one (what is los
 not yet published, like any change not yet synced).
 
 Everything else in the upper layer waits: the upper :class:`~unionfs.layers.Layer` calls
-:meth:`Publisher.settle` before it hands out its directory fd, so no lookup, listing, rename,
-unlink or parent-time read ever sees the upper layer between a copy and its publication, and
-nothing but the worker touches the upper layer while one is in flight.
+:meth:`Publisher.settle` before it hands out its directory fd, so no listing, rename, unlink
+or parent-time read ever sees the upper layer between a copy and its publication, and nothing
+but the worker changes the upper layer while one is in flight.  An lstat (what lookups and
+attribute reads do) waits only when a publication in flight is of that very path or into it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class Publisher:
         self._busy = 0
         """Submitted and not yet finished (read without the lock: an int is read whole)."""
         self._done: list[Publication] = []
+        self._names: dict[bytes, int] = {}
+        """How many publications in flight change each upper path: their own names and the
+        directories they are published in (whose times move until restored)."""
         self._closing = False
         self._thread: threading.Thread | None = None
         """Started by the first submission: the daemon forks after the union is built, and a
@@ -89,6 +93,8 @@ class Publisher:
         with self._cond:
             self._queue.append(pub)
             self._busy += 1
+            for name in (pub.rel, split(pub.rel)[0]):
+                self._names[name] = self._names.get(name, 0) + 1
             self._cond.notify_all()
         if self._busy > QUEUE_LIMIT:
             self.settle()
@@ -100,6 +106,12 @@ class Publisher:
         with self._cond:
             while self._busy:
                 self._cond.wait()
+
+    def settle_name(self, rel: bytes) -> None:
+        """Wait for the publications in flight if one changes what an lstat of ``rel`` shows
+        (a dict lookup otherwise: lookups of other names need not wait)."""
+        if self._busy and rel in self._names:
+            self.settle()
 
     def take_finished(self) -> list[Publication]:
         """The publications finished since the last call (the caller tidies the nodes)."""
@@ -135,6 +147,12 @@ class Publisher:
                 os.close(pub.sync_fd)
                 with self._cond:
                     self._busy -= 1
+                    for name in (pub.rel, split(pub.rel)[0]):
+                        left = self._names[name] - 1
+                        if left:
+                            self._names[name] = left
+                        else:
+                            del self._names[name]
                     self._done.append(pub)
                     self._cond.notify_all()
 

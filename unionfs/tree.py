@@ -78,7 +78,7 @@ class Tree:
             self.work = WorkDir(spec.work)
             if spec.fsync and spec.background_sync:
                 self.publisher = Publisher(layers[0].dirfd, self.work.fd)
-                layers[0].barrier = self.publisher.settle
+                layers[0].barrier = self.publisher
             self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync, self.publisher)
             self.index = HardlinkIndex(self.work.base_fd, self.fmt, layers[1:])
         self.name_max = min(os.fstatvfs(layer.fd).f_namemax for layer in layers)
@@ -175,8 +175,10 @@ class Tree:
             return parent.parent or self.root
         if len(name) > self.name_max:
             raise oserror(errno.ENAMETOOLONG, name)
-        if parent.listing is not None:
-            found = parent.listing.get(name)
+        listing = parent.listing
+        fresh = listing is None
+        if listing is not None:
+            found = listing.get(name)
         else:
             if parent.names is None and parent.misses >= LISTING_AFTER_MISSES:
                 parent.names = self.stack.list_names(parent.dir_layers, parent.path())
@@ -187,7 +189,10 @@ class Tree:
         if found is None:
             parent.misses += 1
             raise oserror(errno.ENOENT, name)
-        return self.node_for(parent, name, found)
+        node = self.node_for(parent, name, found)
+        if fresh and node.st is None and node.layer == found.layer and node.fd is None:
+            node.st = found.st  # resolved just now: as good as a stat
+        return node
 
     def node_for(self, parent: Node, name: bytes, found: Resolved) -> Node:
         """The node of a resolved entry: the known one for its identity, or a new one."""

@@ -110,6 +110,32 @@ def test_any_other_use_of_the_upper_layer_waits_for_the_publication(
     releaser.join()
 
 
+def test_lookups_wait_only_for_their_own_path_or_directory(
+        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = HeldSync(tmp_path / "u")
+    monkeypatch.setattr(publish.os, "fsync", held)
+    fs = union()
+    upper = fs.tree.upper
+    chmod(fs, fs.tree.lookup(fs.tree.root, b"f"), 0o600)  # published as "f", in ""
+    assert held.called.wait(10)
+
+    def lstat_in_thread(rel: bytes) -> threading.Thread:
+        thread = threading.Thread(target=upper.lstat, args=(rel,))
+        thread.start()
+        return thread
+
+    other = lstat_in_thread(b"d")  # another name: answered while the sync is held
+    other.join(5)
+    assert not other.is_alive()
+    waiting = [lstat_in_thread(b"f"), lstat_in_thread(b"")]  # the name, its directory
+    time.sleep(0.2)
+    assert all(t.is_alive() for t in waiting)
+    held.release.set()
+    for t in waiting:
+        t.join(5)
+        assert not t.is_alive()
+
+
 def test_a_failed_publication_is_undone(union: Callable[..., UnionFS], tmp_path: Path,
                                         caplog: pytest.LogCaptureFixture) -> None:
     fs = union()
