@@ -117,7 +117,7 @@ class Tree:
     def tidy(self) -> None:
         """Nodes whose copies are published reach them by name again; a copy-up whose
         publication failed is undone (its node shows the lower file again).  Called between
-        requests, never in the middle of one: it changes ``node.fd``."""
+        requests (or where a request holds no fd of a node): it changes ``node.fd``."""
         if self.publisher is None or not self.publisher.finished:
             return
         for pub in self.publisher.take_finished():
