@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                "workdir=/c/work /mnt/rootfs")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                         help="comma-separated: lowerdir=TOP:...:BOTTOM, upperdir=DIR, "
-                             "workdir=DIR, ro, allow_other, userxattr, fsync=0, timeout=SECS, "
-                             "debug, and the usual mount flags (nosuid, nodev, noatime, ...)")
+                             "workdir=DIR, ro, allow_other, userxattr, fsync=0, "
+                             "copyup_sync=inline, timeout=SECS, writeback=1, debug, and the "
+                             "usual mount flags (nosuid, nodev, noatime, ...)")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground (default: daemonize once mounted)")
     parser.add_argument("-d", "--debug", action="store_true",
