@@ -38,9 +38,16 @@ def is_mounted(c: Container) -> bool:
 
 
 def flush(c: Container) -> None:
-    """Push a mounted container's cached writes into its upper dir before reading it."""
+    """Push a mounted container's cached writes into its upper dir before reading it: syncfs
+    for the kernel's caches, and an fsync of the mount's root, which unionfs answers once its
+    copy-ups still being published are in the upper dir."""
     if is_mounted(c):
         syncfs(Path(c.mountpoint))
+        fd = os.open(c.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _image_mount_record(store: Store, mnt: Path) -> Path:
@@ -163,6 +170,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     images, containers = _ctx(args)
     with images.store.locked(exclusive=False):
         c = containers.get(args.container)
+        flush(c)
         view = OverlayView(containers.lowers(images, c))
         for change in changes(containers.upper(c), view):
             print(change)

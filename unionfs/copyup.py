@@ -16,25 +16,49 @@ import itertools
 import os
 import shutil
 import stat
+import time
 
 from unionfs.layers import Layer, at, split
 from unionfs.nodes import Key, Node
 from unionfs.publish import Publication, Publisher
 from unionfs.whiteout import WhiteoutFormat, proc_path
 
+LOCK_WAIT = 10.0
+"""Seconds a mount waits for the daemon of an earlier mount to let go of the workdir."""
+
+
+def lock_exclusive(fd: int, wait: float, what: bytes) -> None:
+    """flock ``fd`` exclusively, waiting up to ``wait`` seconds; EBUSY if it stays taken."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise OSError(errno.EBUSY, "workdir is in use by another mount",
+                              os.fsdecode(what)) from None
+            time.sleep(0.01)
+
 
 class WorkDir:
     """``<workdir>/work``: the scratch directory for atomic builds, emptied at every mount.
 
-    The workdir itself is flock'ed (shared) for as long as the daemon uses it, released only
-    once its last copy-up is published: ``flock WORKDIR true`` after an unmount waits until
-    the upper directory is complete (the kernel does not wait for a FUSE daemon to finish).
+    The workdir itself is flock'ed for as long as the daemon uses it, released only once its
+    last copy-up is published: ``flock WORKDIR true`` after an unmount waits until the upper
+    directory is complete (the kernel does not wait for a FUSE daemon to finish), and a mount
+    made right after an unmount waits for the old daemon before it empties ``work/``.  A
+    workdir another live mount holds is refused, as kernel overlayfs refuses one in use.
     """
 
-    def __init__(self, workdir: bytes) -> None:
+    def __init__(self, workdir: bytes, wait: float = LOCK_WAIT) -> None:
         self.base_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         """The workdir itself (the hardlink index lives in ``index/`` there)."""
-        fcntl.flock(self.base_fd, fcntl.LOCK_SH)
+        try:
+            lock_exclusive(self.base_fd, wait, workdir)
+        except BaseException:
+            os.close(self.base_fd)
+            raise
         with contextlib.suppress(FileExistsError):
             os.mkdir(b"work", 0o700, dir_fd=self.base_fd)
         self.fd = os.open(b"work", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
@@ -185,7 +209,12 @@ class Copier:
         except BaseException:
             self.discard(tmp)
             raise
-        self.publisher.submit(Publication(node, tmp, rel, fd, key, src.index))
+        try:
+            self.publisher.submit(Publication(node, tmp, rel, fd, key, src.index))
+        except BaseException:
+            os.close(fd)
+            self.discard(tmp)
+            raise
         return key, fd
 
     def build(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,

@@ -77,6 +77,13 @@ class Layer:
 
     # -- reading -------------------------------------------------------------------------
 
+    def fd_for(self, rel: bytes) -> int:
+        """The layer's directory fd, for a call that reads or changes only ``rel`` itself
+        (its stat, xattrs, mode, times): waits only for publications of ``rel`` or into it."""
+        if self.barrier is not None:
+            self.barrier.settle_name(rel)
+        return self.dirfd
+
     def lstat(self, rel: bytes) -> os.stat_result | None:
         """lstat of ``rel``, or None when it does not exist in this layer."""
         if self.barrier is not None:  # only a publication of rel or in it makes a difference

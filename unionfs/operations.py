@@ -63,10 +63,10 @@ def invalidate_attrs(inodes: set[int]) -> None:
             pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=True)
 
 
-_GUARDED = ("create", "forget", "fsync", "getattr", "getxattr", "link", "listxattr", "lookup",
-            "mkdir", "mknod", "open", "opendir", "read", "readdir", "readlink", "release",
-            "removexattr", "rename", "rmdir", "setattr", "setxattr", "statfs", "symlink",
-            "unlink", "write")
+_GUARDED = ("create", "forget", "fsync", "fsyncdir", "getattr", "getxattr", "link", "listxattr",
+            "lookup", "mkdir", "mknod", "open", "opendir", "read", "readdir", "readlink", "release",
+            "removexattr", "rename", "rmdir", "setattr", "setxattr", "statfs", "symlink", "unlink",
+            "write")
 
 
 def caller(ctx: pyfuse3.RequestContext) -> Caller:
@@ -285,7 +285,8 @@ class Operations(pyfuse3.Operations):
         self.fs.releasedir(cachedir.strip(fh))
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        return None
+        with self.guard["fsyncdir"]:
+            self.tree.settle()  # names of copy-ups still being published are durable after it
 
     # -- xattrs -------------------------------------------------------------------------------
 

@@ -86,9 +86,7 @@ class Publisher:
 
     def submit(self, pub: Publication) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="unionfs-publish",
-                                            daemon=True)
-            self._thread.start()
+            self._start()
         pub.sync_fd = os.dup(pub.fd)
         with self._cond:
             self._queue.append(pub)
@@ -129,9 +127,18 @@ class Publisher:
             self._cond.notify_all()
         self._thread.join()
 
+    def _start(self) -> None:
+        # Stop signals must reach the request loop's thread, never this one: it starts with
+        # every signal blocked (a thread inherits the mask of the thread that starts it).
+        thread = threading.Thread(target=self._run, name="unionfs-publish", daemon=True)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._thread = thread
+
     def _run(self) -> None:
-        # Stop signals must reach the request loop's thread, never this one.
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -144,7 +151,10 @@ class Publisher:
             except BaseException as exc:  # never lose the thread: record it as a failure
                 pub.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
             finally:
-                os.close(pub.sync_fd)
+                try:
+                    os.close(pub.sync_fd)
+                except OSError as exc:  # never lose the thread: settle() would wait forever
+                    pub.warnings.append(f"closing the copy of {pub.rel!r}: {exc.strerror}")
                 with self._cond:
                     self._busy -= 1
                     for name in (pub.rel, split(pub.rel)[0]):

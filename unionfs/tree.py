@@ -133,17 +133,28 @@ class Tree:
                 continue
             log.error("copy-up of %r could not be published (%s): the change made to it "
                       "through the mount is lost", pub.rel, pub.error.strerror)
-            assert self.copier is not None
-            self.copier.discard(pub.tmp)
+            try:
+                assert self.copier is not None
+                self.copier.discard(pub.tmp)
+            except OSError as exc:
+                log.error("removing the unpublished copy %r: %s", pub.tmp, exc.strerror)
             self.table.drop_key(node, pub.key)
-            if owned:
+            if owned and node.parent is not None:
                 os.close(pub.fd)
                 node.fd = None
-            node.layer = pub.lower_layer
+                node.layer = pub.lower_layer
+            # (An unlinked node keeps the fd: it is all that is left of its data.)
             node.st = None
             node.data_gen += 1
+            self.stale.add(node.ino)
             if node.parent is not None:
                 node.parent.listing = None
+
+    def settled(self) -> None:
+        """Every copy-up published and every node reaching its copy by name: for a request
+        that is about to use a node's upper name rather than its fd."""
+        self.settle()
+        self.tidy()
 
     @property
     def upper(self) -> Layer:
@@ -290,7 +301,8 @@ class Tree:
         """A path reaching ``node``'s data, and whether its last component must be followed."""
         if node.fd is not None:
             return b"/proc/self/fd/%d" % node.fd, True
-        return proc_path(self.layers[node.layer].fd, node.path()), False
+        rel = node.path()
+        return proc_path(self.layers[node.layer].fd_for(rel), rel), False
 
     def readlink(self, node: Node) -> bytes:
         if node.fd is not None:
@@ -308,7 +320,7 @@ class Tree:
         return list(node.listing.items()), True
 
     def statvfs(self) -> os.statvfs_result:
-        return os.statvfs(self.layers[0].fd)
+        return os.statvfs(self.layers[0].dirfd)  # no publication changes what it shows
 
     # -- copy-up ------------------------------------------------------------------------------
 

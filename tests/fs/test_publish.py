@@ -4,21 +4,27 @@ other use of the upper layer waits for it, and a publication that fails is undon
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyfuse3
 import pytest
+import trio
 
 from support.trees import Dir, make_tree
 from unionfs import publish
+from unionfs.copyup import WorkDir
 from unionfs.core import UnionFS
 from unionfs.files import AttrChange
 from unionfs.nodes import Node
+from unionfs.operations import Operations
 from unionfs.spec import SpecError, parse
 from unionfs.tree import Caller
 
@@ -179,3 +185,38 @@ def test_without_fsync_nothing_is_left_to_the_background(union: Callable[..., Un
 def test_copyup_sync_takes_background_or_inline(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="copyup_sync=later"):
         parse([f"lowerdir={tmp_path},copyup_sync=later"], str(tmp_path))
+
+
+def test_fsyncdir_answers_once_copy_ups_are_published(
+        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mounttool commit fsyncs the mount's root before it reads the upper dir.
+    held = HeldSync(tmp_path / "u")
+    monkeypatch.setattr(publish.os, "fsync", held)
+    fs = union()
+    ops = Operations(fs)
+    chmod(fs, fs.tree.lookup(fs.tree.root, b"f"), 0o600)
+    assert held.called.wait(10)
+    call = threading.Thread(target=trio.run, args=(ops.fsyncdir, pyfuse3.FileHandleT(0), False))
+    call.start()
+    call.join(0.2)
+    assert call.is_alive()
+    held.release.set()
+    call.join(10)
+    assert not call.is_alive()
+    assert (tmp_path / "u" / "f").exists()
+
+
+def test_a_workdir_in_use_is_waited_for_then_refused(tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    holder = subprocess.Popen(["flock", "-s", str(tmp_path), "sh", "-c", "echo held; sleep 0.4"],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(OSError, match="workdir is in use by another mount") as exc:
+            WorkDir(os.fsencode(tmp_path), wait=0.05)
+        assert exc.value.errno == errno.EBUSY
+        work = WorkDir(os.fsencode(tmp_path), wait=10)  # the old daemon finishes: it goes on
+        work.close()
+    finally:
+        holder.kill()
+        holder.wait()
