@@ -90,7 +90,7 @@ def umount(mnt: Path, workdir: Path | None = None, timeout: float = DAEMON_EXIT_
 
 
 def wait_for_daemon(workdir: Path, timeout: float) -> None:
-    """Wait until no unionfs daemon holds ``workdir`` (each holds a shared flock on it)."""
+    """Wait until no unionfs daemon holds ``workdir`` (each holds a flock on it)."""
     try:
         fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
