@@ -160,10 +160,16 @@ class Files:
     def setattr(self, node: Node, change: AttrChange, fh: int | None, caller: Caller) -> Attr:
         tree = self.tree
         handle = self.handles.get(fh) if fh is not None else None
+        link_up = True
         if handle is not None and handle.link[0] is not None:
-            node.make_primary(handle.link[0], handle.link[1])
+            if node.has_link(handle.link[0], handle.link[1]):
+                node.make_primary(handle.link[0], handle.link[1])
+            else:
+                # The name it was opened by is gone: as with the kernel, the change is to the
+                # data (already upper) and gives no other name of a hardlink an upper link.
+                link_up = False
         is_link = stat.S_ISLNK(tree.stat(node).st_mode)  # a copy-up keeps the file type
-        tree.make_data_writable(node, with_data=change.size != 0)
+        tree.make_data_writable(node, with_data=change.size != 0, link_up=link_up)
         target, follow = tree.locate(node)
         if change.uid is not None or change.gid is not None:
             os.chown(target, -1 if change.uid is None else change.uid,

@@ -86,6 +86,11 @@ class Node:
             return
         self.aliases.append((parent, name))
 
+    def has_link(self, parent: Node, name: bytes) -> bool:
+        """Whether (parent, name) is still one of the names of this node."""
+        return (self.parent is parent and self.name == name) or any(
+            p is parent and n == name for p, n in self.aliases)
+
     def make_primary(self, parent: Node, name: bytes) -> None:
         """Make the known link (parent, name) the primary one (the old primary becomes an
         alias); used so a lower hardlink is copied up under the name it was reached by."""

@@ -290,6 +290,20 @@ def test_hardlink_index_keeps_links_together(make_union) -> None:  # type: ignor
     assert u.tree.attr(u.node("e")).nlink == 1
 
 
+def test_a_change_through_a_handle_whose_name_is_gone_links_up_no_other_name(make_union) -> None:  # type: ignore[no-untyped-def]
+    # The kernel changes the (indexed) data of the unlinked name: the other name of the lower
+    # hardlink stays a lower name, its data reached through the index.
+    u = make_union({"a/": Dir(), "a/b": b"", "d": HardLink("a/b")})
+    assert u.node("d") is u.node("a/b")  # looked up last: the name it is opened by
+    node = u.node("a/b")
+    fh = u.fs.files.open(node, os.O_RDWR, ROOT)
+    u.fs.names.unlink(u.node("a"), b"b")
+    u.fs.files.setattr(node, AttrChange(size=4), fh, ROOT)  # ftruncate
+    u.fs.files.release(fh)
+    assert not (u.upper / "d").exists()
+    assert u.read("d") == b"\0" * 4
+
+
 def test_changing_an_unlinked_open_lower_file_never_touches_the_lower(make_union) -> None:  # type: ignore[no-untyped-def]
     u = make_union({"f": b"lower data"})
     node = u.node("f")
