@@ -168,6 +168,13 @@ class Files:
                 # The name it was opened by is gone: as with the kernel, the change is to the
                 # data (already upper) and gives no other name of a hardlink an upper link.
                 link_up = False
+        elif handle is None and self._kills_privileges(node, change, caller):
+            # The kernel clears set-ID bits before a write by an unprivileged writer with a
+            # SETATTR that names no handle; it acts on the file that is written, so when that
+            # was opened by a name now gone, no other name of a hardlink gets an upper link.
+            link_up = not any(h.node is node and h.writable and h.link[0] is not None
+                              and not node.has_link(h.link[0], h.link[1])
+                              for h in self.handles.values())
         is_link = stat.S_ISLNK(tree.stat(node).st_mode)  # a copy-up keeps the file type
         tree.make_data_writable(node, with_data=change.size != 0, link_up=link_up)
         target, follow = tree.locate(node)
@@ -182,6 +189,18 @@ class Files:
             self._utime(node, target, change, follow)
         tree.changed(node)
         return tree.attr(node)
+
+    def _kills_privileges(self, node: Node, change: AttrChange, caller: Caller) -> bool:
+        """Whether ``change`` is the kernel's clearing of set-ID bits before a write: a mode
+        change only, from a caller without privileges, that drops set-ID bits and nothing else.
+        """
+        if caller.uid == 0 or change.mode is None or node.origin is None or any(
+                v is not None for v in (change.uid, change.gid, change.size, change.atime_ns,
+                                        change.mtime_ns)):
+            return False
+        old, new = stat.S_IMODE(self.tree.stat(node).st_mode), stat.S_IMODE(change.mode)
+        setid = stat.S_ISUID | stat.S_ISGID
+        return new != old and new & ~old == 0 and (old & ~new) & ~setid == 0
 
     def _truncate(self, target: bytes, size: int, handle: Handle | None, caller: Caller) -> None:
         if handle is not None and handle.writable:

@@ -304,6 +304,23 @@ def test_a_change_through_a_handle_whose_name_is_gone_links_up_no_other_name(mak
     assert u.read("d") == b"\0" * 4
 
 
+def test_set_id_bits_cleared_for_a_write_through_a_handle_whose_name_is_gone(make_union) -> None:  # type: ignore[no-untyped-def]
+    # Before an unprivileged write the kernel clears set-ID bits with a SETATTR that names no
+    # handle; it acts on the written file, so the other name stays a lower name.
+    u = make_union({"a/": Dir(), "a/b": File(b"", mode=0o4755), "d": HardLink("a/b")})
+    assert u.node("d") is u.node("a/b")
+    node = u.node("a/b")
+    user = Caller(1000, 1000, 0o022)
+    fh = u.fs.files.open(node, os.O_RDWR, user)
+    u.fs.names.unlink(u.node("a"), b"b")
+    u.fs.files.setattr(node, AttrChange(mode=0o755), None, user)
+    u.fs.files.write(fh, 0, b"data")
+    u.fs.files.release(fh)
+    assert not (u.upper / "d").exists()
+    assert u.read("d") == b"data"
+    assert stat.S_IMODE(u.tree.attr(u.node("d")).st.st_mode) == 0o755
+
+
 def test_changing_an_unlinked_open_lower_file_never_touches_the_lower(make_union) -> None:  # type: ignore[no-untyped-def]
     u = make_union({"f": b"lower data"})
     node = u.node("f")
