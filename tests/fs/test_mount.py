@@ -302,3 +302,43 @@ def test_stop_signal_after_copy_ups_unmounts_cleanly(layers: Layers) -> None:
     assert proc.returncode == 0, err.decode()
     assert not os.path.ismount(layers["mnt"])
     assert stat.S_IMODE(os.lstat(layers["upper"] / "etc/passwd").st_mode) == 0o600
+
+
+def test_a_daemon_killed_while_publishing_leaves_only_complete_copies(public_tmp: Path) -> None:
+    """SIGKILL in the middle of a burst of copy-ups: every name the upper dir got has its
+    whole data (copies are named only once built and synced), the leftovers in work/ go at
+    the next mount, and the remount shows each file with its lower data."""
+    names = [f"f{i:03d}" for i in range(400)]
+    data = {n: n.encode() * 2000 for n in names}
+    lower = make_tree(public_tmp / "l", {f"d/{n}": data[n] for n in names})
+    upper, work, mnt = public_tmp / "u", public_tmp / "w", public_tmp / "m"
+    upper.mkdir()
+    work.mkdir()
+    mnt.mkdir()
+    read_fd, write_fd = os.pipe()
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
+                             "-o", opts, str(mnt)], pass_fds=(write_fd,),
+                            stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 16) == b"ready\n"
+    finally:
+        os.close(read_fd)
+    try:
+        for n in names[:300]:
+            os.chmod(mnt / "d" / n, 0o600)
+        proc.kill()
+        proc.wait(timeout=20)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True, check=False)
+    for path in (upper / "d").iterdir():
+        assert path.read_bytes() == data[path.name], f"{path.name}: named before complete"
+    with unionfs_mount(mnt, [lower], upper, work) as m:
+        assert list((work / "work").iterdir()) == []
+        for n in names:
+            assert (m.path / "d" / n).read_bytes() == data[n]
+        copied = {p.name for p in (upper / "d").iterdir()}
+        modes = {n: stat.S_IMODE(os.stat(m.path / "d" / n).st_mode) for n in names}
+    assert all(modes[n] == (0o600 if n in copied else 0o644) for n in names)
+    assert copied <= set(names[:300])
