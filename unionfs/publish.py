@@ -20,7 +20,6 @@ attribute reads do) waits only when a publication in flight is of that very path
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import threading
@@ -29,8 +28,6 @@ from dataclasses import dataclass, field
 
 from unionfs.layers import at, split
 from unionfs.nodes import Key, Node
-
-log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 16
 """Copies waiting for publication at most; the next copy-up waits for the worker first (this
@@ -57,6 +54,7 @@ class Publication:
     error: OSError | None = None
     """Set when the rename failed: the copy never got its upper name."""
     warnings: list[str] = field(default_factory=list)
+    """What went wrong short of failing (a sync or a time restore), logged when tidied."""
 
 
 class Publisher:
