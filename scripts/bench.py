@@ -39,9 +39,7 @@ The 100k-file tree for the RSS measurement is a separate lower built on first us
 
 Method. For every repetition, workload and filesystem, the layers are mounted afresh on a fresh,
 empty upper/work; the page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``) and the
-workload is timed ("cold"); then it is timed again on the same mount ("warm"). The 1 GiB files
-a cold run reads (seq-read, modify-big) are first read once with O_DIRECT, outside the timing:
-on a VM the host's cache otherwise makes that read fast or slow at random. Workloads that
+workload is timed ("cold"); then it is timed again on the same mount ("warm"). Workloads that
 consume lower state (copy-up, chmod, rename, rm -rf, compileall, one-byte change of a large file)
 have two disjoint, identical target sets: the cold run uses one, and the warm run uses the other
 after an untimed read-only pass over it (stat and read every file) on the same mount, and a
@@ -72,7 +70,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import mmap
 import os
 import platform
 import random
@@ -190,24 +187,6 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
-
-
-def prime_host_cache(path: Path) -> None:
-    """Read ``path`` with O_DIRECT: past this machine's page cache (dropped for a cold run
-    anyway), into the host's, so every filesystem's cold read meets the same host state."""
-    chunk = 8 * MiB
-    buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    except OSError:  # no O_DIRECT on this filesystem: nothing to prime
-        buf.close()
-        return
-    try:
-        while os.readv(fd, [buf]) == chunk:
-            pass
-    finally:
-        os.close(fd)
-        buf.close()
 
 
 def rmtree(path: Path) -> None:
@@ -778,10 +757,6 @@ class Workload:
     prime: Callable[[Ctx, str], object] | None = None
     throughput: bool = False
     help: str = ""
-    big_files: tuple[str, ...] = ()
-    """Large lower files (under ``l0/big``) the cold run reads: before each cold run they are
-    read once with O_DIRECT, so the host's cache holds them whichever filesystem runs (on a VM
-    a cold 1 GiB read is otherwise fast or slow by the host's whim, for every filesystem)."""
 
 
 _LISTINGS: dict[Path, list[str]] = {}
@@ -961,7 +936,7 @@ WORKLOADS = [
     Workload("stat-walk", "read", wl_stat_walk, help="lstat every entry of the whole union"),
     Workload("readdir", "read", wl_readdir, help="recursive listing (d_type), no stat"),
     Workload("read-small", "read", wl_read_small, help="read every file under tree/"),
-    Workload("seq-read", "read", wl_seq_read, throughput=True, big_files=("read.bin",),
+    Workload("seq-read", "read", wl_seq_read, throughput=True,
              help="sequential read of a large lower file (1 MiB reads)"),
     Workload("seq-write", "write", wl_seq_write, throughput=True,
              help="sequential write of a new large file, timed to close()"),
@@ -970,7 +945,7 @@ WORKLOADS = [
     Workload("git-status", "read", wl_git_status, help="git status in the lower repository"),
     Workload("append-copyup", "write", wl_append, _prime_set("copyup"),
              help="append one byte to each lower file of a set (copy-up)"),
-    Workload("modify-big", "write", wl_modify_big, prime_big, big_files=("mod-{tag}.bin",),
+    Workload("modify-big", "write", wl_modify_big, prime_big,
              help="change one byte in the middle of a large lower file"),
     Workload("create-small", "write", wl_create, help="create small files (1000 per dir)"),
     Workload("rm-tree", "write", wl_rm, prime_rm, help="rm -rf of a flat lower directory"),
@@ -1220,8 +1195,6 @@ class Runner:
         try:
             with self.mounts.mounted(fs, lowers, upper, work, mnt, self.args.unionfs_opts,
                                      base, notes) as m:
-                for name in w.big_files:
-                    prime_host_cache(l0 / "big" / name.format(tag="cold"))
                 drop_caches()
                 try:
                     secs, items = self.timed(m, w.run, ctx, "cold", self.rp.timeout)
