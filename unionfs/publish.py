@@ -24,10 +24,12 @@ import os
 import signal
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from unionfs.layers import at, split
 from unionfs.nodes import Key, Node
+from unionfs.syscalls import RENAME_WHITEOUT, renameat2
 
 QUEUE_LIMIT = 16
 """Copies waiting for publication at most; the next copy-up waits for the worker first (this
@@ -55,6 +57,18 @@ class Publication:
     """Set when the rename failed: the copy never got its upper name."""
     warnings: list[str] = field(default_factory=list)
     """What went wrong short of failing (a sync or a time restore), logged when tidied."""
+    move_to: bytes | None = None
+    """A rename that came right after the copy-up: once named, the copy moves here."""
+    whiteout: bool = False
+    """The move leaves a whiteout at ``rel`` (``RENAME_WHITEOUT``)."""
+    move_error: OSError | None = None
+    """Set when the move failed: the copy is named ``rel``; ``finish_move`` is then done."""
+    finish_move: Callable[[], None] | None = None
+    """The request's own way to make the move (with its fallbacks), run between requests."""
+    paths: tuple[bytes, ...] = ()
+    """The upper paths this publication changes (see ``Publisher.settle_name``)."""
+    sealed: bool = False
+    """The worker has named the copy and taken its move: too late to amend."""
 
 
 class Publisher:
@@ -73,6 +87,10 @@ class Publisher:
         """How many publications in flight change each upper path: their own names and the
         directories they are published in (whose times move until restored)."""
         self._closing = False
+        self._current: Publication | None = None
+        """The publication the worker is on."""
+        self.last: Publication | None = None
+        """The publication submitted last (a rename right after it may amend it)."""
         self._thread: threading.Thread | None = None
         """Started by the first submission: the daemon forks after the union is built, and a
         thread does not survive a fork."""
@@ -89,11 +107,28 @@ class Publisher:
         with self._cond:
             self._queue.append(pub)
             self._busy += 1
-            for name in (pub.rel, split(pub.rel)[0]):
-                self._names[name] = self._names.get(name, 0) + 1
+            self._watch(pub, (pub.rel, split(pub.rel)[0]))
+            self.last = pub
             self._cond.notify_all()
         if self._busy > QUEUE_LIMIT:
             self.settle()
+
+    def amend_move(self, pub: Publication, move_to: bytes, whiteout: bool,
+                   finish_move: Callable[[], None]) -> bool:
+        """Have ``pub``, once named, move to ``move_to`` (leaving a whiteout at its name if
+        asked): both steps leave a complete state.  False if the worker has started it."""
+        with self._cond:
+            if pub.sealed or not (pub is self._current or pub in self._queue):
+                return False
+            pub.move_to, pub.whiteout, pub.finish_move = move_to, whiteout, finish_move
+            self._watch(pub, (move_to, split(move_to)[0]))
+            return True
+
+    def _watch(self, pub: Publication, paths: tuple[bytes, ...]) -> None:
+        """Count ``paths`` as changed by ``pub`` until it is finished (under the lock)."""
+        pub.paths += paths
+        for name in paths:
+            self._names[name] = self._names.get(name, 0) + 1
 
     def settle(self) -> None:
         """Wait until every submitted copy is published (or has failed)."""
@@ -143,7 +178,7 @@ class Publisher:
                     self._cond.wait()
                 if not self._queue:
                     return
-                pub = self._queue.popleft()
+                pub = self._current = self._queue.popleft()
             try:
                 self._publish(pub)
             except BaseException as exc:  # never lose the thread: record it as a failure
@@ -154,8 +189,9 @@ class Publisher:
                 except OSError as exc:  # never lose the thread: settle() would wait forever
                     pub.warnings.append(f"closing the copy of {pub.rel!r}: {exc.strerror}")
                 with self._cond:
+                    self._current = None
                     self._busy -= 1
-                    for name in (pub.rel, split(pub.rel)[0]):
+                    for name in pub.paths:
                         left = self._names[name] - 1
                         if left:
                             self._names[name] = left
@@ -185,3 +221,11 @@ class Publisher:
         except OSError as exc:
             pub.warnings.append(f"times of {parent!r} not restored after copy-up: "
                                 f"{exc.strerror}")
+        with self._cond:
+            pub.sealed = True  # a rename asked for from here on waits and makes the move
+        if pub.move_to is not None:
+            try:
+                renameat2(upper, pub.rel, upper, pub.move_to,
+                          RENAME_WHITEOUT if pub.whiteout else 0)
+            except OSError as exc:
+                pub.move_error = exc

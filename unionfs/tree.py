@@ -126,6 +126,12 @@ class Tree:
             node = pub.node
             owned = node.fd == pub.fd
             if pub.error is None:
+                if pub.move_error is not None and pub.finish_move is not None:
+                    try:  # the request's own way, with its fallbacks
+                        pub.finish_move()
+                    except OSError as exc:
+                        log.error("moving %r to %r after its copy-up: %s", pub.rel,
+                                  pub.move_to, exc.strerror)
                 if owned and node.parent is not None:  # unlinked: the fd is its data now
                     os.close(pub.fd)
                     node.fd = None
@@ -138,6 +144,18 @@ class Tree:
                 self.copier.discard(pub.tmp)
             except OSError as exc:
                 log.error("removing the unpublished copy %r: %s", pub.tmp, exc.strerror)
+            if pub.move_to is not None:
+                # The rename that followed is lost too: the node keeps only its fd (open
+                # handles go on), and the old name shows the lower file again as a new node.
+                for key in list(node.keys):
+                    self.table.drop_key(node, key)
+                parent = node.parent
+                if parent is not None:
+                    node.drop_link(parent, node.name)
+                    self.dir_changed(parent)
+                self.stale.add(node.ino)
+                self.changes += 1
+                continue
             self.table.drop_key(node, pub.key)
             if owned and node.parent is not None:
                 os.close(pub.fd)

@@ -27,6 +27,7 @@ from unionfs.nodes import Node
 from unionfs.operations import Operations
 from unionfs.spec import SpecError, parse
 from unionfs.tree import Caller
+from unionfs.whiteout import is_whiteout_stat
 
 pytestmark = pytest.mark.root
 ROOT = Caller(0, 0, 0o022)
@@ -220,3 +221,53 @@ def test_a_workdir_in_use_is_waited_for_then_refused(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_rename_right_after_the_copy_up_is_left_to_the_publisher(
+        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = union()
+    root = fs.tree.root
+    d = fs.tree.lookup(root, b"d")
+    fs.names.rename(d, b"g", d, b"g2", 0)  # the first RENAME_WHITEOUT is made inline
+    fs.tree.settled()
+    held = HeldSync(tmp_path / "u")
+    monkeypatch.setattr(publish.os, "fsync", held)
+    node = fs.tree.lookup(root, b"f")
+    fs.names.rename(root, b"f", root, b"f2", 0)
+    assert held.called.wait(10)  # answered while the copy waits for its sync
+    assert not (tmp_path / "u" / "f").exists() and not (tmp_path / "u" / "f2").exists()
+    assert node.name == b"f2" and fs.tree.attr(node).st.st_size == len(b"lower data")
+    held.release.set()
+    names = sorted(name for name, _ in fs.tree.list_dir(root)[0])  # waits, then lists
+    assert names == [b"d", b"f2"]
+    fs.tree.tidy()
+    assert (tmp_path / "u" / "f2").read_bytes() == b"lower data"
+    assert is_whiteout_stat(os.lstat(tmp_path / "u" / "f"))
+    with pytest.raises(FileNotFoundError):
+        fs.tree.lookup(root, b"f")
+    assert fs.tree.lookup(root, b"f2") is node and node.fd is None
+
+
+def test_a_rename_whose_copy_cannot_be_named_is_lost_with_it(
+        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    fs = union()
+    root = fs.tree.root
+    d = fs.tree.lookup(root, b"d")
+    fs.names.rename(d, b"g", d, b"g2", 0)
+    fs.tree.settled()
+    held = HeldSync(tmp_path / "u")
+    monkeypatch.setattr(publish.os, "fsync", held)
+    fs.tree.lookup(root, b"f")
+    fs.names.rename(root, b"f", root, b"f2", 0)
+    assert held.called.wait(10)
+    for tmp in (tmp_path / "w" / "work").iterdir():
+        tmp.unlink()  # behind the mount's back: the copy cannot be named
+    held.release.set()
+    with caplog.at_level(logging.ERROR):
+        fs.tree.settled()
+    assert "could not be published" in caplog.text
+    assert not (tmp_path / "u" / "f2").exists()
+    with pytest.raises(FileNotFoundError):
+        fs.tree.lookup(root, b"f2")
+    assert fs.tree.lookup(root, b"f").layer == 1  # the lower file shows again
