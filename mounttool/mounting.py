@@ -8,18 +8,16 @@ release its workdir lock (its last copy-ups are then in the upper dir).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from mounttool.errors import MountToolError
-from unionfs.launch import wait_ready
+from unionfs.launch import lock_within, wait_ready
 
 READY_TIMEOUT = 60.0
 DAEMON_EXIT_TIMEOUT = 60.0
@@ -96,16 +94,9 @@ def wait_for_daemon(workdir: Path, timeout: float) -> None:
     except FileNotFoundError:
         return
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise MountToolError(f"the unionfs daemon of {workdir} is still running "
-                                         f"{timeout:.0f} s after the unmount") from None
-                time.sleep(0.01)
+        if not lock_within(fd, timeout):
+            raise MountToolError(f"the unionfs daemon of {workdir} is still running "
+                                 f"{timeout:.0f} s after the unmount")
     finally:
         os.close(fd)  # drops the lock too
 

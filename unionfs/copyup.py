@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import os
 import shutil
 import stat
-import time
 
+from unionfs.launch import lock_within
 from unionfs.layers import Layer, at, split
 from unionfs.nodes import Key, Node
 from unionfs.publish import Publication, Publisher
@@ -25,20 +24,6 @@ from unionfs.whiteout import WhiteoutFormat, proc_path
 
 LOCK_WAIT = 10.0
 """Seconds a mount waits for the daemon of an earlier mount to let go of the workdir."""
-
-
-def lock_exclusive(fd: int, wait: float, what: bytes) -> None:
-    """flock ``fd`` exclusively, waiting up to ``wait`` seconds; EBUSY if it stays taken."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise OSError(errno.EBUSY, "workdir is in use by another mount",
-                              os.fsdecode(what)) from None
-            time.sleep(0.01)
 
 
 class WorkDir:
@@ -54,11 +39,10 @@ class WorkDir:
     def __init__(self, workdir: bytes, wait: float = LOCK_WAIT) -> None:
         self.base_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         """The workdir itself (the hardlink index lives in ``index/`` there)."""
-        try:
-            lock_exclusive(self.base_fd, wait, workdir)
-        except BaseException:
+        if not lock_within(self.base_fd, wait):
             os.close(self.base_fd)
-            raise
+            raise OSError(errno.EBUSY, "workdir is in use by another mount",
+                          os.fsdecode(workdir))
         with contextlib.suppress(FileExistsError):
             os.mkdir(b"work", 0o700, dir_fd=self.base_fd)
         self.fd = os.open(b"work", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
@@ -205,7 +189,7 @@ class Copier:
         assert self.publisher is not None and stat.S_ISREG(st.st_mode)
         tmp = self.work.temp_name()
         try:
-            key, fd = self._build_file(src, rel, st, tmp, with_data, publish_later=True)
+            key, fd = self._build_file(src, rel, st, tmp, with_data, sync=False)
         except BaseException:
             self.discard(tmp)
             raise
@@ -223,7 +207,9 @@ class Copier:
         mode = stat.S_IFMT(st.st_mode)
         wfd = self.work.fd
         if mode == stat.S_IFREG:
-            return self._build_file(src, rel, st, tmp, with_data)[0]
+            key, fd = self._build_file(src, rel, st, tmp, with_data, sync=self.fsync)
+            os.close(fd)
+            return key
         if mode == stat.S_IFDIR:
             os.mkdir(tmp, 0o700, dir_fd=wfd)
         elif mode == stat.S_IFLNK:
@@ -235,9 +221,9 @@ class Copier:
         return done.st_dev, done.st_ino
 
     def _build_file(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
-                    with_data: bool, publish_later: bool = False) -> tuple[Key, int]:
-        """A regular file: everything through its descriptor, synced before it gets a name
-        (here, or by the publisher when ``publish_later``: the fd is then returned open)."""
+                    with_data: bool, sync: bool) -> tuple[Key, int]:
+        """A regular file, everything through its descriptor (returned open), synced here if
+        ``sync`` (else by the publisher, before it gets a name)."""
         mode = stat.S_IMODE(st.st_mode)
         # Owned as the daemon would create it and no mode bit the umask takes away: create
         # it with its final mode (the work dir is 0700: no one else sees it meanwhile).
@@ -254,16 +240,13 @@ class Copier:
             finally:
                 if inp is not None:
                     os.close(inp)
-            if self.fsync and not publish_later:
+            if sync:
                 os.fsync(out)
             done = os.fstat(out)
         except BaseException:
             os.close(out)
             raise
-        if publish_later:
-            return (done.st_dev, done.st_ino), out
-        os.close(out)
-        return (done.st_dev, done.st_ino), -1
+        return (done.st_dev, done.st_ino), out
 
     def finish(self, tmp: bytes, st: os.stat_result, source: bytes | None) -> None:
         """Owner, mode, xattrs and times of ``tmp`` from ``st`` (and ``source``'s xattrs)."""

@@ -19,7 +19,7 @@ from unionfs.hardlinks import HardlinkIndex
 from unionfs.layers import Layer, at, join
 from unionfs.merge import LayerStack, Resolved
 from unionfs.nodes import InodeTable, InoPolicy, Key, Node
-from unionfs.publish import Publisher
+from unionfs.publish import Publication, Publisher
 from unionfs.spec import MountSpec
 from unionfs.whiteout import proc_path
 
@@ -123,50 +123,55 @@ class Tree:
         for pub in self.publisher.take_finished():
             for warning in pub.warnings:
                 log.warning("%s", warning)
-            node = pub.node
-            owned = node.fd == pub.fd
             if pub.error is None:
-                if pub.move_error is not None and pub.finish_move is not None:
-                    try:  # the request's own way, with its fallbacks
-                        pub.finish_move()
-                    except OSError as exc:
-                        log.error("moving %r to %r after its copy-up: %s", pub.rel,
-                                  pub.move_to, exc.strerror)
-                if owned and node.parent is not None:  # unlinked: the fd is its data now
-                    os.close(pub.fd)
-                    node.fd = None
-                    node.st = None
-                continue
-            log.error("copy-up of %r could not be published (%s): the change made to it "
-                      "through the mount is lost", pub.rel, pub.error.strerror)
-            try:
-                assert self.copier is not None
-                self.copier.discard(pub.tmp)
+                self._published(pub)
+            else:
+                self._undo(pub, pub.error)
+
+    def _published(self, pub: Publication) -> None:
+        if pub.move_error is not None and pub.finish_move is not None:
+            try:  # the request's own way, with its fallbacks
+                pub.finish_move()
             except OSError as exc:
-                log.error("removing the unpublished copy %r: %s", pub.tmp, exc.strerror)
-            if pub.move_to is not None:
-                # The rename that followed is lost too: the node keeps only its fd (open
-                # handles go on), and the old name shows the lower file again as a new node.
-                for key in list(node.keys):
-                    self.table.drop_key(node, key)
-                parent = node.parent
-                if parent is not None:
-                    node.drop_link(parent, node.name)
-                    self.dir_changed(parent)
-                self.stale.add(node.ino)
-                self.changes += 1
-                continue
-            self.table.drop_key(node, pub.key)
-            if owned and node.parent is not None:
-                os.close(pub.fd)
-                node.fd = None
-                node.layer = pub.lower_layer
-            # (An unlinked node keeps the fd: it is all that is left of its data.)
+                log.error("moving %r to %r after its copy-up: %s", pub.rel, pub.move_to,
+                          exc.strerror)
+        node = pub.node
+        if node.fd == pub.fd and node.parent is not None:  # unlinked: the fd is its data now
+            os.close(pub.fd)
+            node.fd = None
             node.st = None
-            node.data_gen += 1
-            self.stale.add(node.ino)
+
+    def _undo(self, pub: Publication, error: OSError) -> None:
+        log.error("copy-up of %r could not be published (%s): the change made to it through "
+                  "the mount is lost", pub.rel, error.strerror)
+        try:
+            assert self.copier is not None
+            self.copier.discard(pub.tmp)
+        except OSError as exc:
+            log.error("removing the unpublished copy %r: %s", pub.tmp, exc.strerror)
+        node = pub.node
+        self.stale.add(node.ino)
+        if pub.move_to is not None:
+            # The rename that followed is lost too: the node keeps only its fd (open handles
+            # go on), and the old name shows the lower file again as a new node.
+            for key in list(node.keys):
+                self.table.drop_key(node, key)
             if node.parent is not None:
-                node.parent.listing = None
+                parent = node.parent
+                node.drop_link(parent, node.name)
+                self.dir_changed(parent)
+            self.changes += 1
+            return
+        self.table.drop_key(node, pub.key)
+        if node.fd == pub.fd and node.parent is not None:
+            os.close(pub.fd)
+            node.fd = None
+            node.layer = pub.lower_layer
+        # (An unlinked node keeps the fd: it is all that is left of its data.)
+        node.st = None
+        node.data_gen += 1
+        if node.parent is not None:
+            node.parent.listing = None
 
     def settled(self) -> None:
         """Every copy-up published and every node reaching its copy by name: for a request
