@@ -78,6 +78,31 @@ def mount(layers: Layers, cache_mode: str) -> MountFn:
     return mounter
 
 
+def start_daemon(opts: str, mnt: Path, stderr: int | None = None) -> subprocess.Popen[bytes]:
+    """``python -m unionfs -f`` in the foreground, returned once it reports the mount live."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
+                             "-o", opts, str(mnt)], pass_fds=(write_fd,), stderr=stderr)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 16) == b"ready\n"
+    finally:
+        os.close(read_fd)
+    return proc
+
+
+def wait_idle(pid: int, timeout: float = 10.0) -> None:
+    """Until every thread of ``pid`` sleeps (the request loop blocked in read(2))."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for t in os.listdir(f"/proc/{pid}/task")]
+        if all(state == "S" for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"unionfs (pid {pid}) never went idle")
+
+
 def test_merged_tree(layers: Layers, mount: MountFn) -> None:
     with mount() as m:
         mnt = m.path
@@ -219,15 +244,8 @@ def test_daemon_mode_returns_once_mounted(layers: Layers, mount: MountFn) -> Non
 
 
 def test_sigterm_right_after_mounting_unmounts_cleanly(layers: Layers) -> None:
-    read_fd, write_fd = os.pipe()
     opts = f"lowerdir={layers['top']},upperdir={layers['upper']},workdir={layers['work']}"
-    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
-                             "-o", opts, str(layers["mnt"])], pass_fds=(write_fd,))
-    os.close(write_fd)
-    try:
-        assert os.read(read_fd, 16) == b"ready\n"
-    finally:
-        os.close(read_fd)
+    proc = start_daemon(opts, layers["mnt"])
     proc.terminate()  # at once: before the daemon's loop may even have started
     assert proc.wait(timeout=20) == 0
     assert not os.path.ismount(layers["mnt"])
@@ -236,18 +254,10 @@ def test_sigterm_right_after_mounting_unmounts_cleanly(layers: Layers) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_stop_signal_while_idle_unmounts_cleanly(layers: Layers, signum: int) -> None:
     """The request loop blocks in read(2) on /dev/fuse: a stop signal must still end it."""
-    read_fd, write_fd = os.pipe()
     opts = f"lowerdir={layers['top']},upperdir={layers['upper']},workdir={layers['work']}"
-    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
-                             "-o", opts, str(layers["mnt"])], pass_fds=(write_fd,),
-                            stderr=subprocess.PIPE)
-    os.close(write_fd)
-    try:
-        assert os.read(read_fd, 16) == b"ready\n"
-    finally:
-        os.close(read_fd)
+    proc = start_daemon(opts, layers["mnt"], stderr=subprocess.PIPE)
     assert (layers["mnt"] / "etc/hostname").read_bytes() == b"top\n"
-    time.sleep(0.3)  # the loop is now blocked waiting for the next request
+    wait_idle(proc.pid)  # the loop is now blocked waiting for the next request
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
@@ -285,18 +295,10 @@ def test_copy_ups_are_published_in_the_background(public_tmp: Path) -> None:
 
 def test_stop_signal_after_copy_ups_unmounts_cleanly(layers: Layers) -> None:
     """The publisher's thread blocks every signal: a stop signal reaches the request loop."""
-    read_fd, write_fd = os.pipe()
     opts = f"lowerdir={layers['base']},upperdir={layers['upper']},workdir={layers['work']}"
-    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
-                             "-o", opts, str(layers["mnt"])], pass_fds=(write_fd,),
-                            stderr=subprocess.PIPE)
-    os.close(write_fd)
-    try:
-        assert os.read(read_fd, 16) == b"ready\n"
-    finally:
-        os.close(read_fd)
+    proc = start_daemon(opts, layers["mnt"], stderr=subprocess.PIPE)
     os.chmod(layers["mnt"] / "etc/passwd", 0o600)  # starts the publisher's thread
-    time.sleep(0.3)
+    wait_idle(proc.pid)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
@@ -315,16 +317,8 @@ def test_a_daemon_killed_while_publishing_leaves_only_complete_copies(public_tmp
     upper.mkdir()
     work.mkdir()
     mnt.mkdir()
-    read_fd, write_fd = os.pipe()
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(write_fd),
-                             "-o", opts, str(mnt)], pass_fds=(write_fd,),
-                            stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    try:
-        assert os.read(read_fd, 16) == b"ready\n"
-    finally:
-        os.close(read_fd)
+    proc = start_daemon(opts, mnt, stderr=subprocess.DEVNULL)
     try:
         for n in names[:300]:
             os.chmod(mnt / "d" / n, 0o600)

@@ -52,6 +52,16 @@ class HeldSync:
 
 
 @pytest.fixture
+def hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], HeldSync]:
+    """From the call on, the publisher's fsync waits until the test releases it."""
+    def install() -> HeldSync:
+        held = HeldSync(tmp_path / "u")
+        monkeypatch.setattr(publish.os, "fsync", held)
+        return held
+    return install
+
+
+@pytest.fixture
 def union(tmp_path: Path) -> Iterator[Callable[..., UnionFS]]:
     made: list[UnionFS] = []
 
@@ -75,9 +85,8 @@ def chmod(fs: UnionFS, node: Node, mode: int) -> None:
 
 
 def test_the_change_is_answered_before_the_copy_is_named(
-        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    held = HeldSync(tmp_path / "u")
-    monkeypatch.setattr(publish.os, "fsync", held)
+        union: Callable[..., UnionFS], tmp_path: Path, hold: Callable[[], HeldSync]) -> None:
+    held = hold()
     fs = union()
     node = fs.tree.lookup(fs.tree.root, b"f")
     chmod(fs, node, 0o600)
@@ -100,9 +109,8 @@ def test_the_change_is_answered_before_the_copy_is_named(
 
 
 def test_any_other_use_of_the_upper_layer_waits_for_the_publication(
-        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    held = HeldSync(tmp_path / "u")
-    monkeypatch.setattr(publish.os, "fsync", held)
+        union: Callable[..., UnionFS], tmp_path: Path, hold: Callable[[], HeldSync]) -> None:
+    held = hold()
     fs = union()
     root = fs.tree.root
     chmod(fs, fs.tree.lookup(root, b"f"), 0o640)
@@ -118,9 +126,8 @@ def test_any_other_use_of_the_upper_layer_waits_for_the_publication(
 
 
 def test_lookups_wait_only_for_their_own_path_or_directory(
-        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    held = HeldSync(tmp_path / "u")
-    monkeypatch.setattr(publish.os, "fsync", held)
+        union: Callable[..., UnionFS], tmp_path: Path, hold: Callable[[], HeldSync]) -> None:
+    held = hold()
     fs = union()
     upper = fs.tree.upper
     chmod(fs, fs.tree.lookup(fs.tree.root, b"f"), 0o600)  # published as "f", in ""
@@ -135,8 +142,9 @@ def test_lookups_wait_only_for_their_own_path_or_directory(
     other.join(5)
     assert not other.is_alive()
     waiting = [lstat_in_thread(b"f"), lstat_in_thread(b"")]  # the name, its directory
-    time.sleep(0.2)
-    assert all(t.is_alive() for t in waiting)
+    for t in waiting:
+        t.join(0.2)
+        assert t.is_alive()
     held.release.set()
     for t in waiting:
         t.join(5)
@@ -189,10 +197,9 @@ def test_copyup_sync_takes_background_or_inline(tmp_path: Path) -> None:
 
 
 def test_fsyncdir_answers_once_copy_ups_are_published(
-        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        union: Callable[..., UnionFS], tmp_path: Path, hold: Callable[[], HeldSync]) -> None:
     # mounttool commit fsyncs the mount's root before it reads the upper dir.
-    held = HeldSync(tmp_path / "u")
-    monkeypatch.setattr(publish.os, "fsync", held)
+    held = hold()
     fs = union()
     ops = Operations(fs)
     chmod(fs, fs.tree.lookup(fs.tree.root, b"f"), 0o600)
@@ -224,14 +231,13 @@ def test_a_workdir_in_use_is_waited_for_then_refused(tmp_path: Path) -> None:
 
 
 def test_a_rename_right_after_the_copy_up_is_left_to_the_publisher(
-        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        union: Callable[..., UnionFS], tmp_path: Path, hold: Callable[[], HeldSync]) -> None:
     fs = union()
     root = fs.tree.root
     d = fs.tree.lookup(root, b"d")
     fs.names.rename(d, b"g", d, b"g2", 0)  # the first RENAME_WHITEOUT is made inline
     fs.tree.settled()
-    held = HeldSync(tmp_path / "u")
-    monkeypatch.setattr(publish.os, "fsync", held)
+    held = hold()
     node = fs.tree.lookup(root, b"f")
     fs.names.rename(root, b"f", root, b"f2", 0)
     assert held.called.wait(10)  # answered while the copy waits for its sync
@@ -249,15 +255,14 @@ def test_a_rename_right_after_the_copy_up_is_left_to_the_publisher(
 
 
 def test_a_rename_whose_copy_cannot_be_named_is_lost_with_it(
-        union: Callable[..., UnionFS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        union: Callable[..., UnionFS], tmp_path: Path, hold: Callable[[], HeldSync],
         caplog: pytest.LogCaptureFixture) -> None:
     fs = union()
     root = fs.tree.root
     d = fs.tree.lookup(root, b"d")
     fs.names.rename(d, b"g", d, b"g2", 0)
     fs.tree.settled()
-    held = HeldSync(tmp_path / "u")
-    monkeypatch.setattr(publish.os, "fsync", held)
+    held = hold()
     fs.tree.lookup(root, b"f")
     fs.names.rename(root, b"f", root, b"f2", 0)
     assert held.called.wait(10)
