@@ -126,13 +126,46 @@ def copy_data(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
     os.ftruncate(dst_fd, size)
 
 
+_NO_COPY_RANGE: set[tuple[int, int]] = set()
+"""(source st_dev, destination st_dev) pairs where ``copy_file_range`` was refused."""
+
+_COPY_RANGE_REFUSALS = frozenset({errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
+"""What ``copy_file_range(2)`` says where it cannot copy between these two files: across
+filesystems (EXDEV; the kernel allows it only within one filesystem type), or where a
+filesystem does not implement it (EINVAL, EOPNOTSUPP, ENOSYS).  The copy then goes through
+``pread``/``pwrite``."""
+
+_CHUNK = 1 << 20
+
+
 def _copy_range(src_fd: int, dst_fd: int, pos: int, end: int) -> int:
-    """Copy bytes ``pos`` to ``end`` in place; returns where it stopped (short at EOF)."""
+    """Copy bytes ``pos`` to ``end`` in place; returns where it stopped (short at EOF).
+
+    ``copy_file_range`` where the two files allow it (reflinks and server-side copies come
+    free), else plain reads and writes: lower layers on one filesystem and the upper on another
+    (image layers on disk, the upper on tmpfs) is the common case.
+    """
+    pair = (os.fstat(src_fd).st_dev, os.fstat(dst_fd).st_dev) if _NO_COPY_RANGE else None
+    if pair is None or pair not in _NO_COPY_RANGE:
+        try:
+            while pos < end:
+                n = os.copy_file_range(src_fd, dst_fd, min(end - pos, 1 << 30), pos, pos)
+                if n == 0:
+                    return pos
+                pos += n
+            return pos
+        except OSError as exc:
+            if exc.errno not in _COPY_RANGE_REFUSALS:
+                raise
+            _NO_COPY_RANGE.add((os.fstat(src_fd).st_dev, os.fstat(dst_fd).st_dev))
     while pos < end:
-        n = os.copy_file_range(src_fd, dst_fd, min(end - pos, 1 << 30), pos, pos)
-        if n == 0:
+        data = os.pread(src_fd, min(end - pos, _CHUNK), pos)
+        if not data:
             break
-        pos += n
+        written = 0
+        while written < len(data):
+            written += os.pwrite(dst_fd, data[written:] if written else data, pos + written)
+        pos += len(data)
     return pos
 
 
