@@ -175,7 +175,8 @@ class Files:
             link_up = not any(h.node is node and h.writable and h.link[0] is not None
                               and not node.has_link(h.link[0], h.link[1])
                               for h in self.handles.values())
-        is_link = stat.S_ISLNK(tree.stat(node).st_mode)  # a copy-up keeps the file type
+        before = tree.stat(node)
+        is_link = stat.S_ISLNK(before.st_mode)  # a copy-up keeps the file type
         tree.make_data_writable(node, with_data=change.size != 0, link_up=link_up)
         target, follow = tree.locate(node)
         if change.uid is not None or change.gid is not None:
@@ -184,7 +185,7 @@ class Files:
         if change.mode is not None and not is_link:
             os.chmod(target, stat.S_IMODE(change.mode))
         if change.size is not None:
-            self._truncate(target, change.size, handle, caller)
+            self._truncate(target, change.size, before.st_size, handle, caller)
         if change.atime_ns is not None or change.mtime_ns is not None:
             self._utime(node, target, change, follow)
         tree.changed(node)
@@ -202,7 +203,8 @@ class Files:
         setid = stat.S_ISUID | stat.S_ISGID
         return new != old and new & ~old == 0 and (old & ~new) & ~setid == 0
 
-    def _truncate(self, target: bytes, size: int, handle: Handle | None, caller: Caller) -> None:
+    def _truncate(self, target: bytes, size: int, old_size: int, handle: Handle | None,
+                  caller: Caller) -> None:
         if handle is not None and handle.writable:
             os.ftruncate(handle.fd, size)
             if caller.uid != 0:
@@ -210,7 +212,14 @@ class Files:
             return
         fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.ftruncate(fd, size)
+            # The kernel passes truncate(2) on as it is: times change only when the size the
+            # caller saw does (ftruncate(2) sets them even when the size stays, and tmpfs
+            # honours that).  A copy-up made for it may hold no data, so the upper file's
+            # size is not the one to go by.
+            if size != old_size:
+                os.ftruncate(fd, size)
+            else:
+                os.truncate(b"/proc/self/fd/%d" % fd, size)
             if caller.uid != 0:
                 _kill_setid(fd)
         finally:

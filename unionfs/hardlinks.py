@@ -20,7 +20,14 @@ import os
 import stat
 from dataclasses import dataclass
 
-from unionfs.filehandles import OverlayHandle, decode_index_name, handle_of, open_handle
+from unionfs.filehandles import (
+    NULL_UUID,
+    OverlayHandle,
+    decode_index_name,
+    fs_uuid,
+    handle_of,
+    open_handle,
+)
 from unionfs.layers import Layer
 from unionfs.nodes import Key
 from unionfs.whiteout import WhiteoutFormat
@@ -47,6 +54,8 @@ class HardlinkIndex:
         self.origins: dict[Key, Key] = {}
         """Upper copy identity -> the lower identity it was copied from (what the kernel
         reads from ``trusted.overlay.origin``)."""
+        self._uuids = {layer.dev: fs_uuid(layer.fd) for layer in lowers}
+        """Each lower filesystem's UUID, as its handles carry it."""
         self._load(lowers)
 
     def _dir(self) -> int:
@@ -64,15 +73,20 @@ class HardlinkIndex:
         except FileNotFoundError:
             return
         names = os.listdir(self._dir())
-        mounts = list({layer.dev: layer.fd for layer in lowers}.values())
+        mounts = list({layer.dev: (layer.fd, self._uuids[layer.dev]) for layer in lowers}
+                      .values())
         for name in names:
             raw = os.fsencode(name)
             handle = decode_index_name(raw)
             if handle is not None:
                 self._adopt(raw, handle, mounts)
 
-    def _adopt(self, name: bytes, handle: OverlayHandle, mounts: list[int]) -> None:
-        for mount_fd in mounts:
+    def _adopt(self, name: bytes, handle: OverlayHandle, mounts: list[tuple[int, bytes]]) -> None:
+        for mount_fd, uuid in mounts:
+            # As the kernel: a handle belongs to the layer whose filesystem has its UUID (a
+            # null one is what overlay's uuid=off writes, and matches any).
+            if handle.uuid not in (uuid, NULL_UUID):
+                continue
             try:
                 fd = open_handle(mount_fd, handle)
             except OSError:
@@ -107,7 +121,7 @@ class HardlinkIndex:
     def add(self, key: Key, lower_fd: int, upper_fd: int, rel: bytes, nlink: int) -> None:
         """Index the upper copy ``rel`` of the lower hardlink ``key`` (open as ``lower_fd``),
         which the merged view shows under ``nlink`` names."""
-        handle = handle_of(lower_fd)
+        handle = handle_of(lower_fd, self._uuids.get(os.fstat(lower_fd).st_dev, NULL_UUID))
         name = handle.index_name()
         os.link(rel, name, src_dir_fd=upper_fd, dst_dir_fd=self._dir(), follow_symlinks=False)
         os.setxattr(self._path(name), self.origin_xattr, handle.encode(), follow_symlinks=False)

@@ -20,7 +20,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
+
+from support.filesystems import Roots, placed
 
 from .build import build_layer
 from .model import Stack, TreeGenerator
@@ -116,18 +119,33 @@ STEP_TIMEOUT = 60.0
 
 class Side(NamedTuple):
     base: str
+    """The side's own directory: its mountpoint is there."""
     mounter: Mounter
+    lower_root: str
+    """Where the side's lower layers are (a filesystem of the batch's placement)."""
+    upper_root: str
+    """Where its upper and work directories are (maybe another filesystem)."""
 
     def layer(self, i: int) -> str:
-        return os.path.join(self.base, f"l{i}")
+        return os.path.join(self.lower_root, f"l{i}")
 
     @property
     def upper(self) -> str:
-        return os.path.join(self.base, "u")
+        return os.path.join(self.upper_root, "u")
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.upper_root, "w")
 
     @property
     def mnt(self) -> str:
         return os.path.join(self.base, "m")
+
+    def nlowers(self) -> int:
+        return len([n for n in os.listdir(self.lower_root) if n.startswith("l")])
+
+    def swapped(self, mounter: Mounter) -> Side:
+        return self._replace(mounter=mounter)
 
 
 class Batch:
@@ -139,9 +157,11 @@ class Batch:
 
     def __init__(self, a: Mounter, b: Mounter, workdir: str | None = None,
                  ignore: frozenset[str] = frozenset(), *, cross: bool = False,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, placement: str = "one-fs") -> None:
         self.mounters = (a, b)
         self.workdir = workdir
+        self.placement = placement
+        """Where lowers and uppers live (tests/support/filesystems.py): one filesystem or two."""
         self.ignore = ignore
         self.delay = delay
         """Seconds to wait before each op (lets the kernel's FUSE caches expire; off in CI)."""
@@ -161,32 +181,38 @@ class Batch:
         """Run cases until one kills a mount; return results for those that ran."""
         base = tempfile.mkdtemp(prefix="difftest-", dir=self.workdir)
         try:
-            sides = [Side(os.path.join(base, n), m) for n, m in zip("ab", self.mounters,
-                                                                    strict=True)]
-            for side in sides:
-                prepare(side, cases)
-            results: list[CaseResult] = []
-            with self.mounted(sides) as mounts:
-                dog = Watchdog(mounts, STEP_TIMEOUT + self.delay)
-                dog.delay = self.delay
-                for k, case in enumerate(cases):
-                    results.append(run_case(case, f"c{k}", sides, probes, self.ignore, dog))
-                    self.steps += dog.steps
-                    dog.steps = 0
-                    if not all(m.alive() for m in mounts):
-                        if results[-1].failure is None:
-                            results[-1] = CaseResult(Failure(
-                                case, len(case.ops), "mount", Difference("", "alive", True, False)))
-                        return [r.failure for r in results]
-            if self.cross:
-                self.cross_check(sides, results, probes)
-            return [r.failure for r in results]
+            with placed(self.placement, Path(base)) as roots:
+                return self.run_placed(cases, probes, base, roots)
         finally:
             shutil.rmtree(base, ignore_errors=True)
 
+    def run_placed(self, cases: Sequence[Case], probes: bool, base: str,
+                   roots: Roots) -> list[Failure | None]:
+        sides = [Side(os.path.join(base, n), m, os.path.join(roots.lower, f"{n}-lower"),
+                      os.path.join(roots.upper, f"{n}-upper"))
+                 for n, m in zip("ab", self.mounters, strict=True)]
+        for side in sides:
+            prepare(side, cases)
+        results: list[CaseResult] = []
+        with self.mounted(sides) as mounts:
+            dog = Watchdog(mounts, STEP_TIMEOUT + self.delay)
+            dog.delay = self.delay
+            for k, case in enumerate(cases):
+                results.append(run_case(case, f"c{k}", sides, probes, self.ignore, dog))
+                self.steps += dog.steps
+                dog.steps = 0
+                if not all(m.alive() for m in mounts):
+                    if results[-1].failure is None:
+                        results[-1] = CaseResult(Failure(
+                            case, len(case.ops), "mount", Difference("", "alive", True, False)))
+                    return [r.failure for r in results]
+        if self.cross:
+            self.cross_check(sides, results, probes)
+        return [r.failure for r in results]
+
     def cross_check(self, sides: list[Side], results: list[CaseResult], probes: bool) -> None:
         """Remount each side's directories with the other mounter; compare final trees."""
-        swapped = [Side(sides[0].base, sides[1].mounter), Side(sides[1].base, sides[0].mounter)]
+        swapped = [sides[0].swapped(sides[1].mounter), sides[1].swapped(sides[0].mounter)]
         try:
             self.compare_swapped(swapped, results, probes)
         except MountError as exc:
@@ -215,10 +241,8 @@ class Batch:
         with ExitStack() as stack:
             mounts = []
             for side in sides:
-                nlayers = len([n for n in os.listdir(side.base) if n.startswith("l")])
-                lowers = [side.layer(i) for i in range(nlayers)]
-                work = os.path.join(side.base, "w")
-                mount = side.mounter.mount(lowers, side.upper, work, side.mnt)
+                lowers = [side.layer(i) for i in range(side.nlowers())]
+                mount = side.mounter.mount(lowers, side.upper, side.work, side.mnt)
                 stack.callback(self.teardown, side.mounter.name, mount)
                 mounts.append(mount)
             yield mounts
@@ -239,8 +263,8 @@ class CaseResult(NamedTuple):
 
 def prepare(side: Side, cases: Sequence[Case]) -> None:
     nlowers = len(cases[0].stack.lowers)
-    for name in ("u", "w", "m", *(f"l{i}" for i in range(nlowers))):
-        os.makedirs(os.path.join(side.base, name))
+    for path in (side.upper, side.work, side.mnt, *(side.layer(i) for i in range(nlowers))):
+        os.makedirs(path)
     for k, case in enumerate(cases):
         assert len(case.stack.lowers) == nlowers, "a batch needs one number of lowers"
         for i, layer in enumerate(case.stack.lowers):
@@ -283,6 +307,11 @@ def run_case(case: Case, label: str, sides: list[Side], probes: bool,
                 return fail(step, "result", Difference(str(op), "outcome", oa, ob))
             if d:
                 return fail(step, "tree", d)
+            with dog.step():  # the upper seen from outside, after each request: no lag
+                d = diff(snapshot(os.path.join(sides[0].upper, label), upper=True),
+                         snapshot(os.path.join(sides[1].upper, label), upper=True), ignore)
+            if d:
+                return fail(step, "upper-now", d)
     finally:
         a.close_all()
         b.close_all()

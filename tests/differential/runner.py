@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from support.filesystems import PLACEMENTS, placement_missing
+
 from .harness import Batch, Case, Failure, make_case
 from .mounts import KernelOverlay, Mounter, MountError, Unionfs
 from .report import format_failure
@@ -49,10 +51,10 @@ def run_campaign(
     cases: Sequence[Case], a: Mounter, b: Mounter, *, batch_size: int = 100,
     shrink_failures: bool = True, max_failures: int = 10, probes: bool = True,
     workdir: str | None = None, log: bool = False, ignore: frozenset[str] = frozenset(),
-    cross: bool = True, delay: float = 0.0,
+    cross: bool = True, delay: float = 0.0, placement: str = "one-fs",
 ) -> Outcome:
     start = time.monotonic()
-    runner = Batch(a, b, workdir, ignore, cross=cross, delay=delay)
+    runner = Batch(a, b, workdir, ignore, cross=cross, delay=delay, placement=placement)
     out = Outcome(cases=len(cases))
     for group in batches(cases, batch_size):
         for failure in runner.run(group, probes=probes):
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait before each op so the kernel's FUSE entry/attr caches expire "
                         "(replays timing-dependent differences; slow)")
     p.add_argument("--workdir", default=None, help="where the layer copies go (default /tmp)")
+    p.add_argument("--placement", choices=PLACEMENTS, default="one-fs",
+                   help="lower and upper on one filesystem, or on two (a tmpfs, a loop ext4)")
     return p
 
 
@@ -126,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, terminate)
     args = build_parser().parse_args(argv)
+    if missing := placement_missing(args.placement):
+        print(f"difftest: {missing}", file=sys.stderr)
+        return 2
     cases = [make_case(s, args.ops, wh_names=not args.no_wh_names,
                        hardlinks=not args.no_hardlinks) for s in parse_seeds(args.seeds)]
     if args.keep_ops is not None:
@@ -139,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shrink_failures=not args.no_shrink, max_failures=args.max_failures,
             probes=not args.no_probes, workdir=args.workdir, log=True,
             ignore=frozenset(args.ignore), cross=not args.no_cross,
-            delay=args.step_delay,
+            delay=args.step_delay, placement=args.placement,
         )
     except MountError as exc:
         print(f"difftest: cannot mount: {exc}", file=sys.stderr)
@@ -149,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags += " --no-hardlinks" if args.no_hardlinks else ""
     flags += " --no-cross" if args.no_cross else ""
     flags += f" --step-delay {args.step_delay}" if args.step_delay else ""
+    flags += f" --placement {args.placement}" if args.placement != "one-fs" else ""
     for failure in out.failures:
         print(format_failure(failure, nops=args.ops, against=args.against, flags=flags),
               flush=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from support.filesystems import placement_missing
+
 from .build import build_layer
 from .harness import Case, Failure, make_case
 from .model import Dir, File, Layer, Meta, TreeGenerator, Whiteout
@@ -215,8 +217,14 @@ def test_planted_upper_difference_is_found_by_the_cross_mount(tmp_path: Path) ->
 @needs_fuse
 @pytest.mark.root
 @pytest.mark.fuse
-def test_unionfs_matches_kernel(tmp_path: Path) -> None:
-    """300 random sequences of 30 operations: unionfs must do what kernel overlayfs does.
+@pytest.mark.parametrize("placement, seeds", [
+    ("one-fs", CI_SEEDS),
+    ("upper-tmpfs", range(300, 400)),
+    ("lower-tmpfs-upper-ext4", range(400, 500)),
+])
+def test_unionfs_matches_kernel(tmp_path: Path, placement: str, seeds: range) -> None:
+    """Random sequences of 30 operations: unionfs must do what kernel overlayfs does, with lower
+    and upper on one filesystem (300 seeds) and on two (100 seeds each).
 
     Compared after every step: each operation's outcome and the whole merged tree; at the end
     the upper directories, and each side's upper mounted by the other implementation (kernel
@@ -224,8 +232,10 @@ def test_unionfs_matches_kernel(tmp_path: Path) -> None:
     """
     from .mounts import Unionfs
 
-    cases = [make_case(s, CI_OPS) for s in CI_SEEDS]
+    if missing := placement_missing(placement):
+        pytest.skip(missing)
+    cases = [make_case(s, CI_OPS) for s in seeds]
     out = run_campaign(cases, KernelOverlay(), Unionfs(), max_failures=3,
-                       workdir=str(tmp_path), cross=True)
+                       workdir=str(tmp_path), cross=True, placement=placement)
     if out.failures or out.problems:
         pytest.fail(campaign_report(out.failures, out.problems, "unionfs"), pytrace=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from support.filesystems import PLACEMENTS, Roots, placed, placement_missing
 from support.mounted import Mounted, kernel_overlay, unionfs_mount, unmount
 from support.trees import Dir, File, HardLink, Symlink, Whiteout, make_tree, read_tree, tree_hash
 
@@ -35,11 +36,21 @@ def public_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(params=PLACEMENTS)
+def roots(request: pytest.FixtureRequest, public_tmp: Path) -> Iterator[Roots]:
+    """Every mount test runs with lower and upper on one filesystem and on different ones."""
+    missing = placement_missing(request.param)
+    if missing:
+        pytest.skip(missing)
+    with placed(request.param, public_tmp) as where:
+        yield where
+
+
 @pytest.fixture
-def layers(public_tmp: Path) -> Iterator[dict[str, Path]]:
+def layers(public_tmp: Path, roots: Roots) -> Iterator[dict[str, Path]]:
     """Two lower layers (checked unchanged after the test), an upper, a work dir, a mountpoint.
     """
-    tmp_path = public_tmp
+    tmp_path = roots.lower
     top = make_tree(tmp_path / "top", {
         "etc/": Dir(), "etc/hostname": b"top\n", "gone": Whiteout(),
         "opq/": Dir(opaque=True), "opq/new": b"n",
@@ -51,11 +62,12 @@ def layers(public_tmp: Path) -> Iterator[dict[str, Path]]:
         "lib/": Dir(), "lib/a.so": b"\x7fELF", "lib/b.so": HardLink("lib/a.so"),
         "link": Symlink("etc/passwd"),
     })
-    for sub in ("upper", "work", "mnt"):
-        (tmp_path / sub).mkdir()
+    for sub in ("upper", "work"):
+        (roots.upper / sub).mkdir()
+    (public_tmp / "mnt").mkdir()
     hashes = [tree_hash(top), tree_hash(base)]
-    yield {"top": top, "base": base, "upper": tmp_path / "upper", "work": tmp_path / "work",
-           "mnt": tmp_path / "mnt"}
+    yield {"top": top, "base": base, "upper": roots.upper / "upper",
+           "work": roots.upper / "work", "mnt": public_tmp / "mnt"}
     assert [tree_hash(top), tree_hash(base)] == hashes, "a lower layer was modified"
 
 
@@ -137,6 +149,25 @@ def test_kernel_overlay_reads_what_unionfs_wrote(layers: Layers, mount: MountFn,
     lowers = [layers["top"], layers["base"]]
     with kernel_overlay(tmp_path / "kmnt", lowers, layers["upper"], layers["work"]) as kmnt:
         assert read_tree(kmnt) == seen
+
+
+def test_kernel_overlay_finds_the_hardlink_index_unionfs_wrote(layers: Layers, mount: MountFn,
+                                                                tmp_path: Path) -> None:
+    """The index entry's handle names the lower file's filesystem by its UUID, as the kernel's
+    do: with the lower on a filesystem that has one (tmpfs), the kernel follows it."""
+    with mount() as m:
+        with open(m.path / "lib/a.so", "ab") as f:
+            f.write(b"+changed")
+        assert (m.path / "lib/b.so").read_bytes() == b"\x7fELF+changed"
+    lowers = [layers["top"], layers["base"]]
+    with kernel_overlay(tmp_path / "kmnt", lowers, layers["upper"], layers["work"],
+                        extra=["index=on"]) as kmnt:
+        assert (kmnt / "lib/b.so").read_bytes() == b"\x7fELF+changed"
+        assert os.lstat(kmnt / "lib/a.so").st_ino == os.lstat(kmnt / "lib/b.so").st_ino
+        assert os.lstat(kmnt / "lib/b.so").st_nlink == 2
+    with mount() as m:  # and unionfs reads the entry back, as the kernel left it
+        assert (m.path / "lib/b.so").read_bytes() == b"\x7fELF+changed"
+        assert os.lstat(m.path / "lib/a.so").st_ino == os.lstat(m.path / "lib/b.so").st_ino
 
 
 def test_unionfs_reads_what_kernel_overlay_wrote(layers: Layers, mount: MountFn,
