@@ -39,8 +39,8 @@ def is_mounted(c: Container) -> bool:
 
 def flush(c: Container) -> None:
     """Push a mounted container's cached writes into its upper dir before reading it: syncfs
-    for the kernel's caches, and an fsync of the mount's root, which unionfs answers once its
-    copy-ups still being published are in the upper dir."""
+    for the kernel's caches, and an fsync of the mount's root, which unionfs answers once the
+    copy-ups it is still syncing are durable."""
     if is_mounted(c):
         syncfs(Path(c.mountpoint))
         fd = os.open(c.mountpoint, os.O_RDONLY | os.O_DIRECTORY)

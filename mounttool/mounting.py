@@ -76,7 +76,7 @@ def mount(lowers: list[Path], upper: Path | None, work: Path | None, mnt: Path,
 
 def umount(mnt: Path, workdir: Path | None = None, timeout: float = DAEMON_EXIT_TIMEOUT) -> None:
     """Unmount ``mnt``; with the mount's ``workdir``, also wait until its daemon has finished
-    (its last copy-ups published in the upper dir), which the kernel's unmount does not."""
+    (its last copy-ups synced), which the kernel's unmount does not."""
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u", str(mnt)] if tool else ["umount", str(mnt)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)

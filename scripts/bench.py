@@ -96,8 +96,8 @@ NOSYNC = "unionfs-nosync"
 --only ...,unionfs-nosync); its own ratio column shows the cost of the kernel's durable
 copy-up in the same run."""
 INLINE = "unionfs-inline"
-"""unionfs with -o copyup_sync=inline: each copy-up synced and named inside its request, as
-before the background publisher (opt in); its column shows what the publisher buys."""
+"""unionfs with -o copyup_sync=inline: each copy-up synced before its rename inside its request,
+as the kernel does (opt in); its column shows what syncing in the background buys."""
 VARIANTS = {NOSYNC: ("fsync=0", "nosync"), INLINE: ("copyup_sync=inline", "inline")}
 """Opt-in unionfs variants: their mount option and the short name of their ratio keys."""
 ALL_FILESYSTEMS = (*FILESYSTEMS, *VARIANTS)

@@ -2,9 +2,11 @@
 
 A copy is built under a temporary name in the work directory (same filesystem as the upper
 layer): data (holes kept), owner, mode, xattrs (not the overlay-private ones) and times, then
-fsync'ed if the mount asks for it, then renamed into place.  A crash at any instant leaves either
-no upper copy or a complete one.  The work directory also hosts the temporaries of other atomic
-operations (whiteouts, directories made over whiteouts).
+renamed into place, so the upper layer never shows a copy half built.  Its data is made durable
+before the rename (``copyup_sync=inline``, the kernel's way) or, by default, after it by the
+syncer's worker, with a pending record written first (``unionfs.syncer``): either way a crash
+leaves no upper name whose data is partial.  The work directory also hosts the temporaries of
+other atomic operations (whiteouts, directories made over whiteouts).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import stat
 
 from unionfs.launch import lock_within
 from unionfs.layers import Layer, at, split
-from unionfs.nodes import Key, Node
-from unionfs.publish import Publication, Publisher
+from unionfs.nodes import Key
+from unionfs.syncer import Syncer
 from unionfs.whiteout import WhiteoutFormat, proc_path
 
 LOCK_WAIT = 10.0
@@ -30,8 +32,8 @@ class WorkDir:
     """``<workdir>/work``: the scratch directory for atomic builds, emptied at every mount.
 
     The workdir itself is flock'ed for as long as the daemon uses it, released only once its
-    last copy-up is published: ``flock WORKDIR true`` after an unmount waits until the upper
-    directory is complete (the kernel does not wait for a FUSE daemon to finish), and a mount
+    last copy-up is synced: ``flock WORKDIR true`` after an unmount waits until the upper
+    directory is durable (the kernel does not wait for a FUSE daemon to finish), and a mount
     made right after an unmount waits for the old daemon before it empties ``work/``.  A
     workdir another live mount holds is refused, as kernel overlayfs refuses one in use.
     """
@@ -184,13 +186,14 @@ class Copier:
     """Builds copies of lower entries in the work dir and renames them into the upper layer."""
 
     def __init__(self, upper: Layer, work: WorkDir, fmt: WhiteoutFormat, fsync: bool,
-                 publisher: Publisher | None = None) -> None:
+                 syncer: Syncer | None = None) -> None:
         self.upper = upper
         self.work = work
         self.fmt = fmt
         self.fsync = fsync
-        self.publisher = publisher
-        """Publishes regular files in the background (when copy-ups are synced)."""
+        """Copy-ups are made durable (else ``fsync=0``: never synced)."""
+        self.syncer = syncer
+        """Syncs the data of copied regular files after their rename (None: before it)."""
         self.umask = current_umask()
         """Read once: the daemon sets it (to 0) before it builds the union."""
 
@@ -204,35 +207,48 @@ class Copier:
         parent = at(split(rel)[0])
         times = os.stat(parent, dir_fd=self.upper.fd)
         tmp = self.work.temp_name()
+        fd = -1
+        slot: int | None = None
         try:
-            key = self.build(src, rel, st, tmp, with_data)
+            if stat.S_ISREG(st.st_mode):
+                key, fd = self._build_file(src, rel, st, tmp, with_data)
+                slot = self._make_durable(fd, src, rel, st, with_data)
+            else:
+                key = self.build(src, rel, st, tmp, with_data)
             os.rename(tmp, rel, src_dir_fd=self.work.fd, dst_dir_fd=self.upper.fd)
         except BaseException:
+            if slot is not None and self.syncer is not None:
+                self.syncer.cancel(slot)
+            if fd >= 0:
+                os.close(fd)
             self.discard(tmp)
             raise
-        # A copy-up is no change to the directory: keep its times, as the kernel does.
-        os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns), dir_fd=self.upper.fd)
+        try:
+            # A copy-up is no change to the directory: keep its times, as the kernel does.
+            os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns), dir_fd=self.upper.fd)
+        finally:
+            if slot is not None and self.syncer is not None:
+                self.syncer.submit(slot, fd, rel)
+            if fd >= 0:
+                os.close(fd)
         return key
 
-    def start(self, node: Node, src: Layer, rel: bytes, st: os.stat_result,
-              with_data: bool = True) -> tuple[Key, int]:
-        """Copy the regular file ``rel`` of layer ``src`` (the data of ``node``) into the work
-        dir and leave its publication to the publisher; returns the copy's (device, inode)
-        and an fd on it, which reaches it until it is published."""
-        assert self.publisher is not None and stat.S_ISREG(st.st_mode)
-        tmp = self.work.temp_name()
-        try:
-            key, fd = self._build_file(src, rel, st, tmp, with_data, sync=False)
-        except BaseException:
-            self.discard(tmp)
-            raise
-        try:
-            self.publisher.submit(Publication(node, tmp, rel, fd, key, src.index))
-        except BaseException:
-            os.close(fd)
-            self.discard(tmp)
-            raise
-        return key, fd
+    def _make_durable(self, fd: int, src: Layer, rel: bytes, st: os.stat_result,
+                      with_data: bool) -> int | None:
+        """Before the rename: sync the copy open as ``fd``, or (with a syncer) write its
+        pending record and return the record's slot, for the worker to sync after the rename.
+        """
+        if not self.fsync:
+            return None
+        if self.syncer is not None:
+            if not (with_data and st.st_size):
+                return None  # no data that could be partial; its metadata is journaled
+            slot = self.syncer.record(fd, rel, os.path.join(src.root, rel), st.st_size,
+                                      st.st_mtime_ns)
+            if slot is not None:
+                return slot
+        os.fsync(fd)
+        return None
 
     def build(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
               with_data: bool) -> Key:
@@ -240,8 +256,12 @@ class Copier:
         mode = stat.S_IFMT(st.st_mode)
         wfd = self.work.fd
         if mode == stat.S_IFREG:
-            key, fd = self._build_file(src, rel, st, tmp, with_data, sync=self.fsync)
-            os.close(fd)
+            key, fd = self._build_file(src, rel, st, tmp, with_data)
+            try:
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             return key
         if mode == stat.S_IFDIR:
             os.mkdir(tmp, 0o700, dir_fd=wfd)
@@ -254,9 +274,8 @@ class Copier:
         return done.st_dev, done.st_ino
 
     def _build_file(self, src: Layer, rel: bytes, st: os.stat_result, tmp: bytes,
-                    with_data: bool, sync: bool) -> tuple[Key, int]:
-        """A regular file, everything through its descriptor (returned open), synced here if
-        ``sync`` (else by the publisher, before it gets a name)."""
+                    with_data: bool) -> tuple[Key, int]:
+        """A regular file, everything through its descriptor (returned open, not synced)."""
         mode = stat.S_IMODE(st.st_mode)
         # Owned as the daemon would create it and no mode bit the umask takes away: create
         # it with its final mode (the work dir is 0700: no one else sees it meanwhile).
@@ -273,8 +292,6 @@ class Copier:
             finally:
                 if inp is not None:
                     os.close(inp)
-            if sync:
-                os.fsync(out)
             done = os.fstat(out)
         except BaseException:
             os.close(out)

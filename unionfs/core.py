@@ -57,7 +57,7 @@ class UnionFS:
         inode: the snapshot of their last listing from offset 0."""
 
     def close(self) -> None:
-        """Release every handle, publish pending copy-ups, close the layers (once)."""
+        """Release every handle, sync pending copy-ups, close the layers (once)."""
         if self.closed:
             return
         self.closed = True

@@ -140,7 +140,7 @@ class Files:
 
     def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.get(fh)
-        self.tree.settle()  # a copy-up being published is not durable yet
+        self.tree.settle()  # a copy-up whose data the worker has not synced yet
         if self.tree.is_upper(handle.node):
             (os.fdatasync if datasync else os.fsync)(handle.fd)
 

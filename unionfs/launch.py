@@ -6,7 +6,7 @@ workdir lock.
 polling of /proc/mounts), and tells a mount that came up from one that died or hung.
 
 A daemon holds an exclusive flock on its workdir until it has finished (its last copy-up
-published); :func:`lock_within` takes that lock with a deadline, to wait for a daemon to end.
+synced); :func:`lock_within` takes that lock with a deadline, to wait for a daemon to end.
 """
 
 from __future__ import annotations

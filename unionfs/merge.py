@@ -58,7 +58,7 @@ class LayerStack:
         return self.has_upper and index == 0
 
     def _opaque(self, layer: Layer, rel: bytes) -> bool:
-        return is_opaque(layer.fd_for(rel), rel, self.fmt)
+        return is_opaque(layer.fd, rel, self.fmt)
 
     def root(self) -> Resolved:
         """The merged root: every layer's root directory (an opaque root stops the merge)."""
@@ -80,7 +80,7 @@ class LayerStack:
             layer = self.layers[index]
             st = layer.lstat(rel)
             if st is None:
-                if self.fmt.dot_wh and has_whiteout_marker(layer.fd_for(rel), parent, name):
+                if self.fmt.dot_wh and has_whiteout_marker(layer.fd, parent, name):
                     break
                 continue
             if is_whiteout_stat(st):
@@ -110,7 +110,7 @@ class LayerStack:
             layer = self.layers[index]
             st = layer.lstat(rel)
             if st is None:
-                if self.fmt.dot_wh and has_whiteout_marker(layer.fd_for(rel), parent, name):
+                if self.fmt.dot_wh and has_whiteout_marker(layer.fd, parent, name):
                     return False
                 continue
             return not is_whiteout_stat(st)

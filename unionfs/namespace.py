@@ -193,7 +193,6 @@ class Namespace:
             raise oserror(errno.EPERM)
         if node.fd is None or tree.indexed(node):
             tree.make_data_writable(node)  # copy-up, or the link-up of an indexed hardlink
-        tree.settled()  # a copy-up being published: link its upper name, not its fd
         prel = tree.upper_dir(parent)
         rel = join(prel, name)
         src = node.path() if node.fd is None else b"/proc/self/fd/%d" % node.fd

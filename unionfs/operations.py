@@ -39,7 +39,7 @@ class Guard:
         self.tree = tree
 
     def __enter__(self) -> None:
-        self.tree.tidy()  # between requests: copies published since the last one
+        pass
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:
@@ -286,7 +286,7 @@ class Operations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         with self.guard["fsyncdir"]:
-            self.tree.settle()  # names of copy-ups still being published are durable after it
+            self.tree.settle()  # copy-ups whose data is still being synced are durable after it
 
     # -- xattrs -------------------------------------------------------------------------------
 

@@ -30,8 +30,6 @@ class Renames:
     def __init__(self, names: Namespace) -> None:
         self.names = names
         self.tree = names.tree
-        self.whiteout_renames = False
-        """A ``RENAME_WHITEOUT`` worked on the upper layer: renames may go to the publisher."""
 
     def rename(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes,
                flags: int) -> None:
@@ -71,43 +69,9 @@ class Renames:
         tree.copy_up_as(src_node, old_parent, old_name)
         oprel = tree.upper_dir(old_parent)
         nprel = tree.upper_dir(new_parent)
-        if dst is None and self._move_later(src, src_node, oprel, old_name, nprel, new_name,
-                                            old_parent):
-            tree.dir_changed(old_parent)
-            tree.dir_changed(new_parent)
-        else:
-            self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent,
-                       new_parent)
+        self._move(src, dst, dst_node, oprel, old_name, nprel, new_name, old_parent, new_parent)
         src_node.move_link(old_parent, old_name, new_parent, new_name)
         tree.changed(src_node)
-
-    def _move_later(self, src: Resolved, src_node: Node, oprel: bytes, old_name: bytes,
-                    nprel: bytes, new_name: bytes, old_parent: Node) -> bool:
-        """A regular file copied up by this very rename, whose copy still waits for its name:
-        the publisher names it, then moves it (leaving a whiteout if a lower layer shows the
-        old name), so the rename does not wait for the copy's fsync.  Only once a
-        ``RENAME_WHITEOUT`` worked in this mount, and never onto a whiteout (an exchange)."""
-        tree = self.tree
-        publisher = tree.publisher
-        old = join(oprel, old_name)
-        if (publisher is None or src.is_dir or tree.fmt.dot_wh or not self.whiteout_renames
-                or src_node.origin is not None):
-            return False
-        pub = publisher.last
-        if pub is None or pub.node is not src_node or pub.rel != old:
-            return False
-        if self.names.has_whiteout(nprel, new_name):
-            return False
-        needs_whiteout = tree.stack.lower_positive(old_parent.dir_layers, oprel, old_name)
-        new = join(nprel, new_name)
-
-        def finish_move() -> None:
-            if needs_whiteout:
-                self._rename_whiteout(old, new, oprel, old_name)
-            else:
-                os.rename(old, new, src_dir_fd=tree.upper.fd, dst_dir_fd=tree.upper.fd)
-
-        return publisher.amend_move(pub, new, needs_whiteout, finish_move)
 
     def _make_opaque_for(self, src: Resolved, old_parent: Node, old_name: bytes,
                          new_parent: Node) -> None:
@@ -196,8 +160,6 @@ class Renames:
                 raise
             os.rename(old, new, src_dir_fd=ufd, dst_dir_fd=ufd)
             self.names.whiteout_at(oprel, old_name)
-            return
-        self.whiteout_renames = True
 
     def _move_dot_wh(self, old: bytes, new: bytes, oprel: bytes, old_name: bytes, nprel: bytes,
                      new_name: bytes, needs_whiteout: bool, dst_is_whiteout: bool) -> None:

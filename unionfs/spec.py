@@ -50,8 +50,8 @@ class MountSpec:
     debug: bool = False
     fsync: bool = True
     background_sync: bool = True
-    """Synced copy-ups of regular files are published by a worker thread (unionfs.publish)
-    instead of inside the request that made them."""
+    """Copied regular files are named at once and synced by a worker thread, under a pending
+    record (unionfs.syncer), instead of synced inside the request before their rename."""
     timeout: float = 300.0
     writeback: bool = False
     """Kernel writeback cache: small writes are batched in the page cache."""

@@ -1,4 +1,5 @@
-"""Linux system calls the standard library lacks: renameat2 (exchange, noreplace, whiteout).
+"""Linux system calls the standard library lacks: renameat2 (exchange, noreplace, whiteout),
+syncfs.
 
 Kept apart so the rest of unionfs reads as plain ``os`` calls.
 """
@@ -25,3 +26,15 @@ def renameat2(src_dir_fd: int, src: bytes, dst_dir_fd: int, dst: bytes, flags: i
     if _renameat2(src_dir_fd, src, dst_dir_fd, dst, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), src, None, dst)
+
+
+_syncfs = _libc.syncfs
+_syncfs.argtypes = [ctypes.c_int]
+_syncfs.restype = ctypes.c_int
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out everything of the filesystem ``fd`` is on."""
+    if _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -14,13 +14,13 @@ import os
 import stat
 from dataclasses import dataclass
 
-from unionfs.copyup import Copier, WorkDir
+from unionfs.copyup import Copier, WorkDir, copy_data
 from unionfs.hardlinks import HardlinkIndex
 from unionfs.layers import Layer, at, join
 from unionfs.merge import LayerStack, Resolved
 from unionfs.nodes import InodeTable, InoPolicy, Key, Node
-from unionfs.publish import Publication, Publisher
 from unionfs.spec import MountSpec
+from unionfs.syncer import Syncer
 from unionfs.whiteout import proc_path
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,14 @@ class Tree:
         self.work: WorkDir | None = None
         self.copier: Copier | None = None
         self.index: HardlinkIndex | None = None
-        self.publisher: Publisher | None = None
+        self.syncer: Syncer | None = None
         if spec.writable and spec.work is not None:
             self.work = WorkDir(spec.work)
-            if spec.fsync and spec.background_sync:
-                self.publisher = Publisher(layers[0].dirfd, self.work.fd)
-                layers[0].barrier = self.publisher
-            self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync, self.publisher)
+            private = b"trusted." if self.fmt.xattr_prefix.startswith(b"trusted.") else b"user."
+            self.syncer = Syncer(self.work.base_fd, layers[0].fd, private + b"unionfs.pending")
+            self.syncer.recover(copy_data)  # what an earlier daemon had not synced yet
+            self.copier = Copier(layers[0], self.work, self.fmt, spec.fsync,
+                                 self.syncer if spec.fsync and spec.background_sync else None)
             self.index = HardlinkIndex(self.work.base_fd, self.fmt, layers[1:])
         self.name_max = min(os.fstatvfs(layer.fd).f_namemax for layer in layers)
         """The longest name every layer can hold (longer ones are ENAMETOOLONG, as below)."""
@@ -96,9 +97,8 @@ class Tree:
         self.root = self.table.add_root(root.layer, root.dir_layers, key_of(root.st))
 
     def close(self) -> None:
-        if self.publisher is not None:
-            self.publisher.close()
-            self.tidy()
+        if self.syncer is not None:
+            self.syncer.close()
         for layer in self.layers:
             layer.close()
         if self.index is not None:
@@ -109,75 +109,9 @@ class Tree:
     # -- shared helpers ---------------------------------------------------------------------
 
     def settle(self) -> None:
-        """Wait until every copy-up is published in the upper layer (done by the upper
-        layer's fd already; an fsync through a handle needs it explicitly)."""
-        if self.publisher is not None:
-            self.publisher.settle()
-
-    def tidy(self) -> None:
-        """Nodes whose copies are published reach them by name again; a copy-up whose
-        publication failed is undone (its node shows the lower file again).  Called between
-        requests (or where a request holds no fd of a node): it changes ``node.fd``."""
-        if self.publisher is None or not self.publisher.finished:
-            return
-        for pub in self.publisher.take_finished():
-            for warning in pub.warnings:
-                log.warning("%s", warning)
-            if pub.error is None:
-                self._published(pub)
-            else:
-                self._undo(pub, pub.error)
-
-    def _published(self, pub: Publication) -> None:
-        if pub.move_error is not None and pub.finish_move is not None:
-            try:  # the request's own way, with its fallbacks
-                pub.finish_move()
-            except OSError as exc:
-                log.error("moving %r to %r after its copy-up: %s", pub.rel, pub.move_to,
-                          exc.strerror)
-        node = pub.node
-        if node.fd == pub.fd and node.parent is not None:  # unlinked: the fd is its data now
-            os.close(pub.fd)
-            node.fd = None
-            node.st = None
-
-    def _undo(self, pub: Publication, error: OSError) -> None:
-        log.error("copy-up of %r could not be published (%s): the change made to it through "
-                  "the mount is lost", pub.rel, error.strerror)
-        try:
-            assert self.copier is not None
-            self.copier.discard(pub.tmp)
-        except OSError as exc:
-            log.error("removing the unpublished copy %r: %s", pub.tmp, exc.strerror)
-        node = pub.node
-        self.stale.add(node.ino)
-        if pub.move_to is not None:
-            # The rename that followed is lost too: the node keeps only its fd (open handles
-            # go on), and the old name shows the lower file again as a new node.
-            for key in list(node.keys):
-                self.table.drop_key(node, key)
-            if node.parent is not None:
-                parent = node.parent
-                node.drop_link(parent, node.name)
-                self.dir_changed(parent)
-            self.changes += 1
-            return
-        self.table.drop_key(node, pub.key)
-        if node.fd == pub.fd and node.parent is not None:
-            os.close(pub.fd)
-            node.fd = None
-            node.layer = pub.lower_layer
-        # (An unlinked node keeps the fd: it is all that is left of its data.)
-        node.st = None
-        node.data_gen += 1
-        if node.parent is not None:
-            node.parent.listing = None
-
-    def settled(self) -> None:
-        """Every copy-up published and every node reaching its copy by name: for a request
-        that is about to use a node's upper name rather than its fd."""
-        self.settle()
-        self.tidy()
+        """Wait until the data of every copy-up is synced (for fsync and fsyncdir)."""
+        if self.syncer is not None:
+            self.syncer.settle()
 
     @property
     def upper(self) -> Layer:
@@ -325,7 +259,7 @@ class Tree:
         if node.fd is not None:
             return b"/proc/self/fd/%d" % node.fd, True
         rel = node.path()
-        return proc_path(self.layers[node.layer].fd_for(rel), rel), False
+        return proc_path(self.layers[node.layer].fd, rel), False
 
     def readlink(self, node: Node) -> bytes:
         if node.fd is not None:
@@ -343,7 +277,7 @@ class Tree:
         return list(node.listing.items()), True
 
     def statvfs(self) -> os.statvfs_result:
-        return os.statvfs(self.layers[0].dirfd)  # no publication changes what it shows
+        return os.statvfs(self.layers[0].fd)
 
     # -- copy-up ------------------------------------------------------------------------------
 
@@ -387,12 +321,7 @@ class Tree:
         lower_st = src.lstat(rel)
         if lower_st is None:
             raise oserror(errno.ENOENT, rel)
-        hardlink = node.origin is not None and self.index is not None
-        if copier.publisher is not None and stat.S_ISREG(lower_st.st_mode) and not hardlink:
-            # Reached through an fd until the publisher has synced it and given it its name.
-            key, node.fd = copier.start(node, src, rel, lower_st, with_data)
-        else:
-            key = copier.copy(src, rel, lower_st, with_data)
+        key = copier.copy(src, rel, lower_st, with_data)
         log.debug("copied up %r from layer %d", rel, node.layer)
         node.st = None
         node.parent.listing = None

@@ -40,9 +40,7 @@ class Union:
 
     @property
     def upper(self) -> Path:
-        """The upper directory, as a request would find it: copy-ups published."""
-        self.tree.settle()
-        self.tree.tidy()
+        """The upper directory (current as soon as each request returns)."""
         return self.upper_path
 
     def node(self, path: str) -> Node:

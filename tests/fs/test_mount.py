@@ -23,6 +23,7 @@ import pytest
 from support.filesystems import PLACEMENTS, Roots, placed, placement_missing
 from support.mounted import Mounted, kernel_overlay, unionfs_mount, unmount
 from support.trees import Dir, File, HardLink, Symlink, Whiteout, make_tree, read_tree, tree_hash
+from unionfs.syncer import QUEUE_LIMIT
 
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
 
@@ -295,10 +296,11 @@ def test_stop_signal_while_idle_unmounts_cleanly(layers: Layers, signum: int) ->
     assert not os.path.ismount(layers["mnt"])
 
 
-def test_copy_ups_are_published_in_the_background(public_tmp: Path) -> None:
-    """Many copy-ups in a row: each answered before its sync, the daemon's fds stay bounded
-    (the publisher keeps up), and after the unmount the workdir lock is released only once
-    every copy is in the upper dir, synced and named."""
+def test_copy_ups_are_named_at_once_and_synced_in_the_background(public_tmp: Path) -> None:
+    """Many copy-ups in a row: the upper dir seen from outside has each copy as soon as its
+    request is answered (as the kernel's would), the daemon's fds stay bounded (the worker
+    keeps up), and after the unmount the workdir lock is released only once every copy is
+    synced, with no pending record left."""
     names = [f"f{i:03d}" for i in range(300)]
     lower = make_tree(public_tmp / "l", {f"d/{n}": n.encode() * 100 for n in names})
     upper, work = public_tmp / "u", public_tmp / "w"
@@ -309,8 +311,11 @@ def test_copy_ups_are_published_in_the_background(public_tmp: Path) -> None:
         most = 0
         for n in names:
             os.chmod(m.path / "d" / n, 0o600)
+            up = os.lstat(upper / "d" / n)  # from outside, right after the request
+            assert stat.S_IMODE(up.st_mode) == 0o600 and up.st_size == 400
             most = max(most, len(os.listdir(f"/proc/{m.process.pid}/fd")))
-        assert most - fds_before < 2 * 16 + 8  # two fds per queued copy at most, and a few
+        # A slot fd each (open for the whole mount), one fd per copy being synced, and a few.
+        assert most - fds_before < 2 * QUEUE_LIMIT + 8
         assert all(stat.S_IMODE(os.stat(m.path / "d" / n).st_mode) == 0o600 for n in names)
         unmount(m.path)
         lock = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
@@ -322,13 +327,15 @@ def test_copy_ups_are_published_in_the_background(public_tmp: Path) -> None:
     assert set(modes.values()) == {0o600}
     assert (upper / "d" / names[-1]).read_bytes() == names[-1].encode() * 100
     assert os.listdir(work / "work") == []
+    slots = list((work / "unionfs-pending").iterdir())
+    assert slots and not any(os.listxattr(p) for p in slots)
 
 
 def test_stop_signal_after_copy_ups_unmounts_cleanly(layers: Layers) -> None:
-    """The publisher's thread blocks every signal: a stop signal reaches the request loop."""
+    """The syncer's thread blocks every signal: a stop signal reaches the request loop."""
     opts = f"lowerdir={layers['base']},upperdir={layers['upper']},workdir={layers['work']}"
     proc = start_daemon(opts, layers["mnt"], stderr=subprocess.PIPE)
-    os.chmod(layers["mnt"] / "etc/passwd", 0o600)  # starts the publisher's thread
+    os.chmod(layers["mnt"] / "etc/passwd", 0o600)  # starts the syncer's thread
     wait_idle(proc.pid)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
@@ -337,10 +344,11 @@ def test_stop_signal_after_copy_ups_unmounts_cleanly(layers: Layers) -> None:
     assert stat.S_IMODE(os.lstat(layers["upper"] / "etc/passwd").st_mode) == 0o600
 
 
-def test_a_daemon_killed_while_publishing_leaves_only_complete_copies(public_tmp: Path) -> None:
-    """SIGKILL in the middle of a burst of copy-ups: every name the upper dir got has its
-    whole data (copies are named only once built and synced), the leftovers in work/ go at
-    the next mount, and the remount shows each file with its lower data."""
+def test_a_daemon_killed_in_a_burst_of_copy_ups_leaves_only_complete_copies(
+        public_tmp: Path) -> None:
+    """SIGKILL in the middle of a burst of copy-ups: every copy acknowledged is in the upper
+    dir with its whole data (copies are named once built), the leftovers in work/ go and the
+    pending records are cleared at the next mount, and the remount shows every file."""
     names = [f"f{i:03d}" for i in range(400)]
     data = {n: n.encode() * 2000 for n in names}
     lower = make_tree(public_tmp / "l", {f"d/{n}": data[n] for n in names})
@@ -357,10 +365,13 @@ def test_a_daemon_killed_while_publishing_leaves_only_complete_copies(public_tmp
         proc.wait(timeout=20)
     finally:
         subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True, check=False)
+    copied = {p.name for p in (upper / "d").iterdir()}
+    assert copied == set(names[:300])  # every chmod acknowledged is in the upper dir
     for path in (upper / "d").iterdir():
         assert path.read_bytes() == data[path.name], f"{path.name}: named before complete"
     with unionfs_mount(mnt, [lower], upper, work) as m:
         assert list((work / "work").iterdir()) == []
+        assert not any(os.listxattr(p) for p in (work / "unionfs-pending").iterdir())
         for n in names:
             assert (m.path / "d" / n).read_bytes() == data[n]
         copied = {p.name for p in (upper / "d").iterdir()}

@@ -134,7 +134,7 @@ def hold_shared_lock(path: Path, seconds: float) -> subprocess.Popen[bytes]:
 
 
 def test_umount_waits_for_the_daemon_to_release_its_workdir(tmp_path: Path) -> None:
-    # A daemon holds a flock on its workdir until its last copy-up is published.
+    # A daemon holds a flock on its workdir until its last copy-up is synced.
     holder = hold_shared_lock(tmp_path, seconds=0.4)
     try:
         started = time.monotonic()
