@@ -10,6 +10,7 @@ end blocks), a partial or garbage header is an error, never a silent stop.
 from __future__ import annotations
 
 import gzip
+import os
 import tarfile
 import zlib
 from collections import deque
@@ -139,16 +140,32 @@ class _Zstd:
 
 
 class Tracker:
-    """Counts bytes and remembers the last few MiB, for the end-of-archive check."""
+    """Counts bytes and remembers the last few MiB, for the end-of-archive check.
+
+    Writers differ in how they end an archive, and the readers that matter (Go's archive/tar,
+    which containers/storage, umoci and docker use; Python's tarfile) accept all of these, so
+    this does too: the two zero blocks of the end-of-archive marker, one of them, none (the
+    stream ends at a header boundary: ``umoci insert --whiteout`` writes a single 512-byte
+    header), and a last member's data not padded to a whole block (umoci writes ``hi\n`` as 3
+    bytes, not 512): the stream is padded with zeros to its next block boundary, as Go reads
+    it.  A stream that ends inside a header or inside a member's declared data stays an error.
+    """
 
     def __init__(self, raw: Readable) -> None:
         self._raw = raw
+        self._ended = False
+        self.real_end: int | None = None
+        """Where the stream really ended, once it has (before the padding added here)."""
         self.pos = 0
         self._chunks: deque[tuple[int, bytes]] = deque()
         self._kept = 0
 
     def read(self, size: int = -1, /) -> bytes:
-        data = self._raw.read(size)
+        data = self._raw.read(size) if not self._ended else b""
+        if not data and not self._ended:
+            self._ended = True
+            self.real_end = self.pos
+            data = bytes(-self.pos % BLOCK)  # the last block's padding, if the writer left it
         if data:
             self._chunks.append((self.pos, data))
             self._kept += len(data)
@@ -180,6 +197,7 @@ def iter_members(tracker: Tracker, what: str) -> Iterator[tuple[tarfile.TarInfo,
         if tracker.pos == 0:
             return  # an empty stream: an empty layer without even the end blocks
         raise CorruptLayerError(f"{what}: not a tar archive ({exc})") from None
+    last: tarfile.TarInfo | None = None
     with tar:
         while True:
             try:
@@ -189,7 +207,13 @@ def iter_members(tracker: Tracker, what: str) -> Iterator[tuple[tarfile.TarInfo,
             if ti is None:
                 break
             tar.members.clear()  # stream mode must not keep every header in memory
+            last = ti
             yield ti, tar
+        if (last is not None and last.isreg() and tracker.real_end is not None
+                and last.offset_data + last.size > tracker.real_end):
+            # The padding added at the end stood in for data the member declared.
+            raise CorruptLayerError(f"{what}: truncated tar (ends inside the data of "
+                                    f"{show(os.fsencode(last.name))!r})")
         _check_end(tracker, tar.offset, what)
 
 
@@ -199,7 +223,8 @@ def _check_end(tracker: Tracker, offset: int, what: str) -> None:
     block = tracker.block_at(offset)
     if block is None or not block.strip(b"\0"):
         return
-    if len(block) < BLOCK:
+    if len(block) < BLOCK or (tracker.real_end is not None
+                              and offset + BLOCK > tracker.real_end):
         raise CorruptLayerError(f"{what}: truncated tar (ends inside a header at offset "
                                 f"{offset})")
     raise CorruptLayerError(f"{what}: corrupt tar (invalid header at offset {offset})")

@@ -208,3 +208,60 @@ def test_kernel_viewfs_reads_our_layers_like_umoci(corpus: tuple[Path, Path],
     for key in want:
         assert got[key] == want[key], key
     assert merge_layers(layers) == got
+
+
+@pytest.fixture(scope="module")
+def inserted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Layers as ``umoci insert`` writes them: a last member's data not padded to a block and
+    no end-of-archive blocks, a layer that is one whiteout header, an opaque directory."""
+    root = tmp_path_factory.mktemp("umoci-insert")
+    lay = root / "layout"
+    sh("umoci", "init", "--layout", lay)
+    sh("umoci", "new", "--image", f"{lay}:t")
+    src = root / "src"
+    (src / "etc/sub").mkdir(parents=True)
+    (src / "etc/f").write_text("hi\n")  # 3 bytes, the last member: unpadded
+    (src / "etc/sub/keep").write_text("k")
+    (src / "etc/sub/gone").write_text("g")
+    sh("umoci", "insert", "--image", f"{lay}:t", src / "etc", "/etc")
+    sh("umoci", "insert", "--image", f"{lay}:t", "--whiteout", "/etc/f")
+    fresh = root / "fresh"
+    fresh.mkdir()
+    (fresh / "new").write_text("only this")
+    sh("umoci", "insert", "--image", f"{lay}:t", "--opaque", fresh, "/etc/sub")
+    ref = root / "ref"
+    sh("umoci", "unpack", "--image", f"{lay}:t", ref)
+    return lay, ref / "rootfs"
+
+
+def test_umoci_insert_layers_load_in_every_form(inserted: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    lay, ref = inserted
+    assert sorted(p.relative_to(ref).as_posix() for p in ref.rglob("*")) == \
+        ["etc", "etc/sub", "etc/sub/new"]
+    _check(tmp_path / "layout", lay, ref)
+    if not TOOLS["skopeo"]:
+        pytest.skip("skopeo not installed (apt-get install skopeo): archive forms not checked")
+    for transport in ("oci-archive", "docker-archive"):
+        out = tmp_path / f"{transport}.tar"
+        sh("skopeo", "--insecure-policy", "copy", f"oci:{lay}:t",
+           f"{transport}:{out}:example.com/inserted:t")
+        _check(tmp_path / transport, out, ref)
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")),
+                    reason="needs /dev/fuse and fusermount3")
+def test_mounted_umoci_insert_image_matches_umoci_unpack(inserted: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    from mounttool.cli import main
+    from mounttool.mounting import umount
+    lay, ref = inserted
+    images = ImageStore(Store(tmp_path / "s"))
+    (top,) = load_path(images, lay)
+    mnt = tmp_path / "mnt"
+    assert main(["--root", str(tmp_path / "s"), "mount", "--image", str(top.id), str(mnt)]) == 0
+    try:
+        assert plain_tree(mnt) == plain_tree(ref)
+    finally:
+        umount(mnt)

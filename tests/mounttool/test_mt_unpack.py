@@ -368,3 +368,18 @@ def test_fuzzed_entries_give_only_clear_errors(tmp_path: Path) -> None:
         except (CorruptLayerError, UnsafeLayerError) as exc:
             outcomes.add(type(exc).__name__)
     assert outcomes == {"ok", "CorruptLayerError", "UnsafeLayerError"}
+
+
+def test_writer_quirks_that_go_and_umoci_accept(tmp_path: Path) -> None:
+    """As Go's archive/tar reads them: no end-of-archive blocks, one zero block, a last
+    member's data not padded to a whole block (``umoci insert`` writes all of these)."""
+    full = make_tar([F("a", b"1"), F("b", b"hi\n")], end_blocks=False)
+    for i, blob in enumerate((full, full + bytes(512), full[:-509],
+                              make_tar([W("x")], end_blocks=False))):
+        (tmp_path / str(i)).mkdir()
+        assert len(read_tree(unpack(tmp_path / str(i), blob))) > 1
+    (tmp_path / "unpadded").mkdir()
+    assert (unpack(tmp_path / "unpadded", full[:-509]) / "b").read_bytes() == b"hi\n"
+    (tmp_path / "short").mkdir()
+    with pytest.raises(CorruptLayerError, match="ends inside the data of"):  # cut short
+        unpack(tmp_path / "short", full[:-510])
